@@ -1,0 +1,101 @@
+# banditd — build, test, install.
+#   make                      build/banditd, build/banditd-sim
+#   make check                install missing deps, build, run unit + e2e tests
+#   make SANITIZE=address,undefined check   the same under ASan+UBSan
+#   make demo                 the demo on the bundled RouteLLM data
+#   make bench                micro-benchmarks (router decision, feedback update)
+#   make install PREFIX=/usr/local DESTDIR=
+
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+BUILD    ?= build
+CC       ?= cc
+SANITIZE ?=
+
+PKGS     := libmicrohttpd libcurl libcjson openblas
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wformat=2 -Werror
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE $(WARN) -Iinclude
+CFLAGS   += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
+
+ifneq ($(SANITIZE),)
+  BUILD   := build-san
+  CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+  LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+# Every src/*.c is a library module except the programs' entry points.
+MAINS    := src/main.c src/sim_main.c
+LIB_SRCS := $(filter-out $(MAINS),$(wildcard src/*.c))
+LIB_OBJS := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(LIB_SRCS))
+LIB      := $(BUILD)/libbanditd.a
+
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+BENCH_SRCS := $(wildcard bench/*.c)
+BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+
+.PHONY: all deps check unit e2e demo bench install clean format fuzz
+all: $(BUILD)/banditd $(BUILD)/banditd-sim
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard include/banditd/*.h) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(LIB): $(LIB_OBJS)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/banditd: $(BUILD)/obj/main.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/banditd-sim: $(BUILD)/obj/sim_main.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c $(LIB) $(wildcard tests/*.h) | $(BUILD)/tests
+	$(CC) $(CFLAGS) $(CHECK_CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS) $(CHECK_LIBS)
+
+$(BUILD)/bench/%: bench/%.c $(LIB) | $(BUILD)/bench
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+$(BUILD)/obj $(BUILD)/tests $(BUILD)/bench:
+	mkdir -p $@
+
+deps:
+	@scripts/install-deps.sh
+
+# The README's test command. Unit tests (Check) first, then end-to-end tests
+# that start the real daemon against fake upstreams on loopback.
+check: deps
+	$(MAKE) all unit-build
+	$(MAKE) unit
+	$(MAKE) e2e
+
+unit-build: $(TEST_BINS)
+
+unit: $(TEST_BINS)
+	@scripts/run-unit.sh $(TEST_BINS)
+
+e2e: all
+	@BUILD=$(BUILD) tests/e2e/run.sh
+
+demo: deps
+	$(MAKE) all
+	@BUILD=$(BUILD) scripts/demo.sh
+
+bench: all $(BENCH_BINS)
+	@for b in $(BENCH_BINS); do echo "== $$b"; $$b || exit 1; done
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/banditd $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 0755 $(BUILD)/banditd $(BUILD)/banditd-sim $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 config/banditd.example.json $(DESTDIR)$(PREFIX)/share/banditd/
+	if [ -f docs/banditd.8 ]; then install -m 0644 docs/banditd.8 $(DESTDIR)$(PREFIX)/share/man/man8/; fi
+	if [ -f config/banditd.service ]; then install -d $(DESTDIR)$(PREFIX)/lib/systemd/system && install -m 0644 config/banditd.service $(DESTDIR)$(PREFIX)/lib/systemd/system/; fi
+
+format:
+	clang-format -i src/*.c include/banditd/*.h tests/*.c bench/*.c
+
+clean:
+	rm -rf build build-san

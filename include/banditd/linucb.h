@@ -1,0 +1,46 @@
+/* linucb — one arm's ridge-regression quality model (disjoint LinUCB).
+ *
+ * State: A (d×d, starts λI), b (d, starts 0), n updates; derived: A⁻¹ (kept by
+ * Sherman–Morrison, re-derived from A by Cholesky every `refactor_every`
+ * updates or when a denominator/diagonal looks unhealthy) and θ = A⁻¹b.
+ * Rewards are fitted as r − μ₀, so predictions are μ₀ + θᵀx.
+ * Forgetting γ<1: A ← γA + (1−γ)λI + xxᵀ, b ← γb + (r−μ₀)x, so the ridge term
+ * never decays below λI. Algebra through cblas. Not thread-safe: one owner. */
+#ifndef BANDITD_LINUCB_H
+#define BANDITD_LINUCB_H
+
+#include <stdint.h>
+
+typedef struct linucb linucb;
+
+/* Returns NULL on OOM or invalid parameters (dim<1, lambda<=0, gamma∉(0,1]). */
+linucb *linucb_create(int dim, double lambda, double mu0, double forgetting, int refactor_every);
+void linucb_destroy(linucb *m);
+
+/* A += xxᵀ, b += (r−μ₀)x (with forgetting as above). x must be finite.
+ * Returns 0, BD_ERR_INVALID (non-finite input) or BD_ERR_NUMERIC. */
+int linucb_update(linucb *m, const double *x, double reward);
+
+/* *mean = μ₀ + θᵀx, *width = sqrt(xᵀA⁻¹x) (α is applied by the caller). */
+void linucb_score(const linucb *m, const double *x, double *mean, double *width);
+
+/* Re-derive A⁻¹ and θ from A and b (Cholesky). 0 or BD_ERR_NUMERIC. */
+int linucb_refactor(linucb *m);
+
+int linucb_dim(const linucb *m);
+uint64_t linucb_count(const linucb *m);
+double linucb_mu0(const linucb *m);
+/* Read-only views (dim*dim row-major, or dim), valid until the next update. */
+const double *linucb_A(const linucb *m);
+const double *linucb_Ainv(const linucb *m);
+const double *linucb_b(const linucb *m);
+const double *linucb_theta(const linucb *m);
+
+/* Replace the state (copies A, b), re-deriving A⁻¹ and θ. For snapshots. */
+int linucb_set_state(linucb *m, const double *A, const double *b, uint64_t n);
+
+/* Cold-start prior: b += λ·(prior−μ₀)·e_0 (e_0 = bias feature), so an untried
+ * arm predicts ≈ prior on typical inputs. */
+void linucb_set_prior(linucb *m, double prior_quality);
+
+#endif

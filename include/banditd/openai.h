@@ -1,0 +1,75 @@
+/* openai — the OpenAI wire format: request validation, error bodies, usage
+ * parsing, cost, token estimates, SSE scanning. Pure functions, no I/O. */
+#ifndef BANDITD_OPENAI_H
+#define BANDITD_OPENAI_H
+
+#include <stddef.h>
+#include <cjson/cJSON.h>
+
+/* A validated chat completion request. Owns `root`; the other pointers borrow
+ * from it. Free with openai_chat_free. */
+struct openai_chat {
+    cJSON *root;
+    const char *model;      /* request's "model" ("auto" when absent? no: required) */
+    int stream;             /* "stream": true */
+    int include_usage;      /* stream_options.include_usage */
+    const cJSON *messages;  /* non-empty array */
+    size_t prompt_chars;    /* characters of all message text */
+    long max_tokens;        /* max_tokens / max_completion_tokens, -1 if absent */
+};
+
+/* Parse and validate a request body (len bytes, need not be NUL-terminated).
+ * Rules: a JSON object; "model" a non-empty string; "messages" a non-empty
+ * array of objects each with a string "role" and a "content" that is a string,
+ * null (assistant with tool_calls) or an array of content parts; "stream" a
+ * boolean when present; nesting deeper than 64 levels rejected.
+ * Returns 0 or BD_ERR_INVALID with err set and *param set to the offending
+ * parameter name (static string, or NULL). */
+int openai_chat_parse(const char *body, size_t len, struct openai_chat *out, char *err,
+                      size_t errlen, const char **param);
+void openai_chat_free(struct openai_chat *c);
+
+/* Serialise the request with "model" replaced (and, when streaming, with
+ * stream_options.include_usage forced on so cost can be measured). Returns
+ * a malloc'd NUL-terminated string (caller frees) or NULL on OOM. */
+char *openai_chat_rewrite(struct openai_chat *c, const char *upstream_model, size_t *len_out);
+
+/* Build {"error":{"message":…,"type":…,"param":…,"code":…}} (param/code may be
+ * NULL -> JSON null). Returns malloc'd string or NULL. */
+char *openai_error_json(const char *message, const char *type, const char *param,
+                        const char *code);
+
+/* Extract usage and id from a non-streaming completion body. Missing fields
+ * are -1 / "". Returns 0, or BD_ERR_INVALID if the body is not JSON. */
+int openai_parse_usage(const char *body, size_t len, long *prompt_tokens, long *completion_tokens,
+                       char *id_out, size_t idlen, size_t *content_chars);
+
+/* USD cost of a call: (pt*price_in + ct*price_out)/1e6. */
+double openai_cost_usd(long prompt_tokens, long completion_tokens, double price_in_per_mtok,
+                       double price_out_per_mtok);
+/* Token estimate from text length (chars/4, at least 1 for non-empty). */
+long openai_estimate_tokens(size_t chars);
+
+/* Incremental scanner of an SSE stream of chat.completion.chunk events:
+ * feed bytes as they arrive; it tracks the completion id, the usage block if
+ * any and the number of content characters. Lines longer than 1 MiB are
+ * skipped (the scanner never buffers more than that). */
+struct openai_sse_scan {
+    char id[128];
+    long prompt_tokens;     /* -1 until seen */
+    long completion_tokens; /* -1 until seen */
+    size_t content_chars;
+    int saw_done;           /* "data: [DONE]" seen */
+    char *line;             /* internal: partial line */
+    size_t line_len, line_cap;
+    int skipping;
+};
+void openai_sse_init(struct openai_sse_scan *s);
+void openai_sse_feed(struct openai_sse_scan *s, const char *data, size_t len);
+void openai_sse_free(struct openai_sse_scan *s);
+
+/* An SSE error event terminating a failed stream:
+ * "data: {\"error\":{...}}\n\n". Malloc'd; NULL on OOM. */
+char *openai_sse_error_event(const char *message, const char *type, const char *code);
+
+#endif

@@ -1,0 +1,56 @@
+/* util — small shared helpers: clocks, random ids, a capped byte buffer. */
+#ifndef BANDITD_UTIL_H
+#define BANDITD_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Monotonic clock in milliseconds (fractional). */
+double util_now_ms(void);
+/* Wall clock, seconds since the epoch (fractional). */
+double util_wall_s(void);
+
+/* Fill out[0..32] with 32 lowercase hex chars of 128 random bits from the
+ * kernel (getrandom) plus a NUL. Returns 0 or BD_ERR_IO. */
+int util_random_hex128(char out[33]);
+
+/* 64-bit FNV-1a hash of bytes. */
+uint64_t util_fnv1a64(const void *data, size_t len, uint64_t seed);
+
+/* Constant-time comparison of two NUL-terminated secrets: returns 1 if equal.
+ * Runs in time that depends only on the length of `b` (the secret). */
+int util_secret_eq(const char *a, const char *b);
+
+/* A growable byte buffer with a hard cap. Always NUL-terminated after a
+ * successful append (the NUL is not counted in len). */
+struct util_buf {
+    char *data;
+    size_t len;
+    size_t cap; /* bytes allocated */
+    size_t max; /* hard limit on len */
+};
+
+/* Initialise an empty buffer that may grow up to `max` bytes. No allocation. */
+void util_buf_init(struct util_buf *b, size_t max);
+/* Append len bytes. Returns 0, BD_ERR_TOOBIG (nothing appended) when len would
+ * exceed max, or BD_ERR_NOMEM. */
+int util_buf_append(struct util_buf *b, const void *data, size_t len);
+/* printf-style append, same return values. */
+int util_buf_printf(struct util_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Drop the first n bytes (n <= len). */
+void util_buf_consume(struct util_buf *b, size_t n);
+void util_buf_reset(struct util_buf *b);
+/* Free memory; the buffer is left empty and reusable. */
+void util_buf_free(struct util_buf *b);
+
+/* Small deterministic PRNG (xoshiro256**), for sampling and shuffles. */
+struct util_rng {
+    uint64_t s[4];
+};
+void util_rng_seed(struct util_rng *r, uint64_t seed);
+uint64_t util_rng_next(struct util_rng *r);
+double util_rng_uniform(struct util_rng *r); /* [0,1) */
+double util_rng_normal(struct util_rng *r);  /* N(0,1) */
+
+#endif

@@ -1,0 +1,302 @@
+/* features — a chat request → a hashed feature vector (see features.h).
+ *
+ * Layout of x (before the final L2 normalisation):
+ *   x[0]                      bias, 1.0
+ *   x[1..FEATURES_N_DENSE]    dense cues, each scaled to roughly [0,1]
+ *   x[1+N_DENSE .. dim)       signed hashed n-grams of the user turns,
+ *                             L2-normalised as a block first, so that the
+ *                             hashed text weighs as much as one unit whatever
+ *                             the prompt's length (and the bias keeps a
+ *                             stable share of the norm)
+ *
+ * The text is scanned once, byte by byte, in place: no copies, no allocation.
+ * Words are maximal runs of ASCII letters/digits, '_' and any byte >= 0x80
+ * (so UTF-8 words stay whole), ASCII-lowercased. Character 3-grams run over
+ * the lowercased byte stream with whitespace runs collapsed to one space.
+ * Invalid UTF-8 is just bytes: it cannot fail. */
+#include "banditd/features.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "banditd/err.h"
+
+#define MSG_TEXT_CAP (64 * 1024) /* bytes of text read per message */
+
+/* Weights of the hashed feature families (before block normalisation). */
+#define W_UNIGRAM 1.0
+#define W_BIGRAM 0.7
+#define W_CHAR3 0.25
+
+/* Domain tags so that a unigram, a bigram and a 3-gram never share a hash. */
+#define TAG_UNI 0x9e3779b97f4a7c15ULL
+#define TAG_BI 0xc2b2ae3d27d4eb4fULL
+#define TAG_CHAR 0x165667b19e3779f9ULL
+
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+
+/* Dense slots (1-based positions in x). */
+enum {
+    D_LEN = 1,     /* log1p(user text bytes) / 10 */
+    D_TURNS,       /* log1p(messages) / 4 */
+    D_FENCES,      /* code fences ``` in user text */
+    D_DIGITS,      /* share of digit bytes, x2, capped at 1 */
+    D_MATHS,       /* share of maths symbol bytes, x4, capped at 1 */
+    D_QUESTIONS,   /* min(question marks, 5) / 5 */
+    D_SYSTEM,      /* a system/developer message is present */
+    D_TOOLS,       /* tools/functions present */
+    D_MAX_TOKENS,  /* log1p(max_tokens) / 10, 0 when absent */
+    D_ASSISTANT,   /* log1p(assistant turns) / 3 */
+};
+_Static_assert(D_ASSISTANT == FEATURES_N_DENSE, "dense slots must fill FEATURES_N_DENSE");
+
+struct acc {
+    double *h;      /* hashed block: x + 1 + N_DENSE */
+    uint32_t range; /* its length */
+    /* scan state, reset per text segment */
+    uint64_t word;     /* FNV-1a of the current word (lowercased) */
+    int in_word;
+    uint64_t prev;     /* final hash of the previous word, 0 = none */
+    uint32_t tri;      /* last three stream bytes, packed */
+    int tri_n;         /* stream bytes seen in this segment (saturates at 3) */
+    int last_space;    /* last stream byte was a collapsed space */
+    int backticks;     /* current run of ` */
+    /* counts over all user text */
+    size_t bytes, digits, maths, questions, fences;
+    size_t messages, assistant;
+    int system, tools;
+    double max_tokens;
+};
+
+/* murmur3's 64-bit finaliser: a fixed bijective mixer. */
+static inline uint64_t fmix64(uint64_t k)
+{
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return k;
+}
+
+/* Add ±w at the slot chosen by h: sign from bit 0, index from the high 32
+ * bits by multiply-shift (Lemire's range reduction, no division). */
+static inline void put(struct acc *a, uint64_t h, double w)
+{
+    uint32_t idx = (uint32_t)(((h >> 32) * (uint64_t)a->range) >> 32);
+    a->h[idx] += (h & 1) ? -w : w;
+}
+
+static inline int is_word_byte(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c >= 0x80;
+}
+
+static inline int is_space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+static inline int is_maths(unsigned char c)
+{
+    return c == '=' || c == '+' || c == '*' || c == '/' || c == '^' || c == '<' || c == '>' ||
+           c == '\\' || c == '$' || c == '%';
+}
+
+static void end_word(struct acc *a)
+{
+    uint64_t u = fmix64(a->word ^ TAG_UNI);
+    put(a, u, W_UNIGRAM);
+    if (a->prev != 0)
+        put(a, fmix64((a->prev * FNV_PRIME) ^ u ^ TAG_BI), W_BIGRAM);
+    a->prev = u | 1; /* never 0 */
+    a->in_word = 0;
+}
+
+static inline void stream_byte(struct acc *a, unsigned char c)
+{
+    a->tri = ((a->tri << 8) | c) & 0xffffffu;
+    if (a->tri_n < 3)
+        a->tri_n++;
+    if (a->tri_n == 3)
+        put(a, fmix64((uint64_t)a->tri ^ TAG_CHAR), W_CHAR3);
+}
+
+/* Scan one message's user text (at most len bytes; stops at a NUL). */
+static void scan_text(struct acc *a, const char *text, size_t len)
+{
+    a->in_word = 0;
+    a->prev = 0;
+    a->tri = 0;
+    a->tri_n = 0;
+    a->last_space = 1; /* no leading space in the stream */
+    a->backticks = 0;
+    const unsigned char *p = (const unsigned char *)text;
+    size_t i;
+    for (i = 0; i < len && p[i] != 0; i++) {
+        unsigned char c = p[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (unsigned char)(c + ('a' - 'A'));
+        if (c >= '0' && c <= '9')
+            a->digits++;
+        else if (c == '?')
+            a->questions++;
+        else if (is_maths(c))
+            a->maths++;
+        if (c == '`') {
+            if (++a->backticks == 3) {
+                a->fences++;
+                a->backticks = 0;
+            }
+        } else {
+            a->backticks = 0;
+        }
+        if (is_word_byte(c)) {
+            if (!a->in_word) {
+                a->in_word = 1;
+                a->word = FNV_OFFSET;
+            }
+            a->word = (a->word ^ c) * FNV_PRIME;
+        } else if (a->in_word) {
+            end_word(a);
+        }
+        if (is_space(c)) {
+            if (!a->last_space)
+                stream_byte(a, ' ');
+            a->last_space = 1;
+        } else {
+            stream_byte(a, c);
+            a->last_space = 0;
+        }
+    }
+    if (a->in_word)
+        end_word(a);
+    a->bytes += i;
+}
+
+static void acc_init(struct acc *a, double *x, int dim)
+{
+    memset(a, 0, sizeof(*a));
+    memset(x, 0, (size_t)dim * sizeof(double));
+    a->h = x + 1 + FEATURES_N_DENSE;
+    a->range = (uint32_t)(dim - 1 - FEATURES_N_DENSE);
+}
+
+static double cap1(double v)
+{
+    return v > 1.0 ? 1.0 : v;
+}
+
+static void finish(struct acc *a, double *x, int dim)
+{
+    double hn = 0.0;
+    for (uint32_t i = 0; i < a->range; i++)
+        hn += a->h[i] * a->h[i];
+    if (hn > 0.0) {
+        double s = 1.0 / sqrt(hn);
+        for (uint32_t i = 0; i < a->range; i++)
+            a->h[i] *= s;
+    }
+    double nb = a->bytes > 0 ? (double)a->bytes : 1.0;
+    x[0] = 1.0;
+    x[D_LEN] = log1p((double)a->bytes) / 10.0;
+    x[D_TURNS] = log1p((double)a->messages) / 4.0;
+    x[D_FENCES] = a->fences > 0 ? 0.5 + 0.5 * cap1((double)a->fences / 8.0) : 0.0;
+    x[D_DIGITS] = cap1(2.0 * (double)a->digits / nb);
+    x[D_MATHS] = cap1(4.0 * (double)a->maths / nb);
+    x[D_QUESTIONS] = cap1((double)a->questions / 5.0);
+    x[D_SYSTEM] = a->system ? 1.0 : 0.0;
+    x[D_TOOLS] = a->tools ? 1.0 : 0.0;
+    x[D_MAX_TOKENS] = a->max_tokens > 0 ? log1p(a->max_tokens) / 10.0 : 0.0;
+    x[D_ASSISTANT] = log1p((double)a->assistant) / 3.0;
+    double n = 0.0;
+    for (int i = 0; i < dim; i++)
+        n += x[i] * x[i];
+    double s = 1.0 / sqrt(n); /* n >= 1: the bias is 1 */
+    for (int i = 0; i < dim; i++)
+        x[i] *= s;
+}
+
+static int dim_ok(int dim)
+{
+    return dim >= FEATURES_MIN_DIM && dim <= FEATURES_MAX_DIM;
+}
+
+/* The text of a user message: a string, or the "text" of its text parts
+ * (each part scanned as its own segment), capped at MSG_TEXT_CAP in total. */
+static void scan_content(struct acc *a, const cJSON *content)
+{
+    if (cJSON_IsString(content) && content->valuestring != NULL) {
+        scan_text(a, content->valuestring, MSG_TEXT_CAP);
+        return;
+    }
+    if (!cJSON_IsArray(content))
+        return;
+    size_t budget = MSG_TEXT_CAP;
+    const cJSON *part;
+    cJSON_ArrayForEach(part, content)
+    {
+        if (budget == 0)
+            break;
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0 ||
+            !cJSON_IsString(text) || text->valuestring == NULL)
+            continue;
+        size_t before = a->bytes;
+        scan_text(a, text->valuestring, budget);
+        budget -= a->bytes - before;
+    }
+}
+
+int features_from_request(const cJSON *request, double *x, int dim)
+{
+    if (!dim_ok(dim) || x == NULL || request == NULL)
+        return BD_ERR_INVALID;
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(request, "messages");
+    if (!cJSON_IsArray(msgs))
+        return BD_ERR_INVALID;
+    struct acc a;
+    acc_init(&a, x, dim);
+    const cJSON *m;
+    cJSON_ArrayForEach(m, msgs)
+    {
+        a.messages++;
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        if (!cJSON_IsString(role) || role->valuestring == NULL)
+            continue;
+        const char *r = role->valuestring;
+        if (strcmp(r, "user") == 0)
+            scan_content(&a, cJSON_GetObjectItemCaseSensitive(m, "content"));
+        else if (strcmp(r, "assistant") == 0)
+            a.assistant++;
+        else if (strcmp(r, "system") == 0 || strcmp(r, "developer") == 0)
+            a.system = 1;
+    }
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(request, "tools");
+    const cJSON *funcs = cJSON_GetObjectItemCaseSensitive(request, "functions");
+    a.tools = (cJSON_IsArray(tools) && cJSON_GetArraySize(tools) > 0) ||
+              (cJSON_IsArray(funcs) && cJSON_GetArraySize(funcs) > 0);
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(request, "max_completion_tokens");
+    if (!cJSON_IsNumber(mt))
+        mt = cJSON_GetObjectItemCaseSensitive(request, "max_tokens");
+    if (cJSON_IsNumber(mt) && isfinite(mt->valuedouble) && mt->valuedouble > 0)
+        a.max_tokens = mt->valuedouble;
+    finish(&a, x, dim);
+    return BD_OK;
+}
+
+int features_from_prompt(const char *prompt, double *x, int dim)
+{
+    if (!dim_ok(dim) || x == NULL || prompt == NULL)
+        return BD_ERR_INVALID;
+    struct acc a;
+    acc_init(&a, x, dim);
+    a.messages = 1;
+    scan_text(&a, prompt, MSG_TEXT_CAP);
+    finish(&a, x, dim);
+    return BD_OK;
+}
