@@ -56,14 +56,6 @@ _Static_assert(D_ASSISTANT == FEATURES_N_DENSE, "dense slots must fill FEATURES_
 struct acc {
     double *h;      /* hashed block: x + 1 + N_DENSE */
     uint32_t range; /* its length */
-    /* scan state, reset per text segment */
-    uint64_t word;     /* FNV-1a of the current word (lowercased) */
-    int in_word;
-    uint64_t prev;     /* final hash of the previous word, 0 = none */
-    uint32_t tri;      /* last three stream bytes, packed */
-    int tri_n;         /* stream bytes seen in this segment (saturates at 3) */
-    int last_space;    /* last stream byte was a collapsed space */
-    int backticks;     /* current run of ` */
     /* counts over all user text */
     size_t bytes, digits, maths, questions, fences;
     size_t messages, assistant;
@@ -82,14 +74,6 @@ static inline uint64_t fmix64(uint64_t k)
     return k;
 }
 
-/* Add ±w at the slot chosen by h: sign from bit 0, index from the high 32
- * bits by multiply-shift (Lemire's range reduction, no division). */
-static inline void put(struct acc *a, uint64_t h, double w)
-{
-    uint32_t idx = (uint32_t)(((h >> 32) * (uint64_t)a->range) >> 32);
-    a->h[idx] += (h & 1) ? -w : w;
-}
-
 static inline int is_word_byte(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c >= 0x80;
@@ -106,75 +90,95 @@ static inline int is_maths(unsigned char c)
            c == '\\' || c == '$' || c == '%';
 }
 
-static void end_word(struct acc *a)
-{
-    uint64_t u = fmix64(a->word ^ TAG_UNI);
-    put(a, u, W_UNIGRAM);
-    if (a->prev != 0)
-        put(a, fmix64((a->prev * FNV_PRIME) ^ u ^ TAG_BI), W_BIGRAM);
-    a->prev = u | 1; /* never 0 */
-    a->in_word = 0;
-}
-
-static inline void stream_byte(struct acc *a, unsigned char c)
-{
-    a->tri = ((a->tri << 8) | c) & 0xffffffu;
-    if (a->tri_n < 3)
-        a->tri_n++;
-    if (a->tri_n == 3)
-        put(a, fmix64((uint64_t)a->tri ^ TAG_CHAR), W_CHAR3);
-}
-
-/* Scan one message's user text (at most len bytes; stops at a NUL). */
+/* Scan one message's user text (at most len bytes; stops at a NUL). Hot
+ * loop: state in locals, one pass, no allocation. */
 static void scan_text(struct acc *a, const char *text, size_t len)
 {
-    a->in_word = 0;
-    a->prev = 0;
-    a->tri = 0;
-    a->tri_n = 0;
-    a->last_space = 1; /* no leading space in the stream */
-    a->backticks = 0;
+    double *h = a->h;
+    const uint64_t range = a->range;
+    uint64_t word = FNV_OFFSET, prev = 0;
+    int in_word = 0, last_space = 1, backticks = 0;
+    uint32_t tri = 0;
+    int tri_n = 0;
+    size_t digits = 0, maths = 0, questions = 0, fences = 0;
     const unsigned char *p = (const unsigned char *)text;
     size_t i;
+
+#define PUT(hash, w)                                                                           \
+    do {                                                                                       \
+        uint64_t h_ = (hash);                                                                  \
+        uint32_t idx_ = (uint32_t)(((h_ >> 32) * range) >> 32);                                \
+        h[idx_] += ((h_ >> 31) & 1) ? -(w) : (w);                                              \
+    } while (0)
+#define END_WORD()                                                                             \
+    do {                                                                                       \
+        uint64_t u_ = fmix64(word ^ TAG_UNI);                                                  \
+        PUT(u_, W_UNIGRAM);                                                                    \
+        if (prev != 0)                                                                         \
+            PUT(fmix64((prev * FNV_PRIME) ^ u_ ^ TAG_BI), W_BIGRAM);                           \
+        prev = u_ | 1;                                                                         \
+        in_word = 0;                                                                           \
+    } while (0)
+/* Character 3-grams: one multiply (Fibonacci hashing) of the packed bytes;
+ * index and sign come from its high and middle bits. */
+#define STREAM(ch)                                                                             \
+    do {                                                                                       \
+        tri = ((tri << 8) | (ch)) & 0xffffffu;                                                 \
+        if (tri_n < 3)                                                                         \
+            tri_n++;                                                                           \
+        if (tri_n == 3)                                                                        \
+            PUT(((uint64_t)tri ^ TAG_CHAR) * 0x9e3779b97f4a7c15ULL, W_CHAR3);                  \
+    } while (0)
+
     for (i = 0; i < len && p[i] != 0; i++) {
         unsigned char c = p[i];
         if (c >= 'A' && c <= 'Z')
             c = (unsigned char)(c + ('a' - 'A'));
-        if (c >= '0' && c <= '9')
-            a->digits++;
-        else if (c == '?')
-            a->questions++;
+        if (is_word_byte(c)) {
+            if (c <= '9' && c >= '0')
+                digits++;
+            if (!in_word) {
+                in_word = 1;
+                word = FNV_OFFSET;
+            }
+            word = (word ^ c) * FNV_PRIME;
+            STREAM(c);
+            last_space = 0;
+            continue;
+        }
+        if (in_word)
+            END_WORD();
+        if (c == '?')
+            questions++;
         else if (is_maths(c))
-            a->maths++;
+            maths++;
         if (c == '`') {
-            if (++a->backticks == 3) {
-                a->fences++;
-                a->backticks = 0;
+            if (++backticks == 3) {
+                fences++;
+                backticks = 0;
             }
         } else {
-            a->backticks = 0;
-        }
-        if (is_word_byte(c)) {
-            if (!a->in_word) {
-                a->in_word = 1;
-                a->word = FNV_OFFSET;
-            }
-            a->word = (a->word ^ c) * FNV_PRIME;
-        } else if (a->in_word) {
-            end_word(a);
+            backticks = 0;
         }
         if (is_space(c)) {
-            if (!a->last_space)
-                stream_byte(a, ' ');
-            a->last_space = 1;
+            if (!last_space)
+                STREAM(' ');
+            last_space = 1;
         } else {
-            stream_byte(a, c);
-            a->last_space = 0;
+            STREAM(c);
+            last_space = 0;
         }
     }
-    if (a->in_word)
-        end_word(a);
+    if (in_word)
+        END_WORD();
+#undef STREAM
+#undef END_WORD
+#undef PUT
     a->bytes += i;
+    a->digits += digits;
+    a->maths += maths;
+    a->questions += questions;
+    a->fences += fences;
 }
 
 static void acc_init(struct acc *a, double *x, int dim)

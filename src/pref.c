@@ -19,8 +19,8 @@ struct pref_weights pref_from_scalar(double q)
     return w;
 }
 
-__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen,
-                                                         const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen, const char *fmt,
+                                                         ...)
 {
     if (err && errlen > 0) {
         va_list ap;

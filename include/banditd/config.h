@@ -35,7 +35,7 @@ struct config_router {
     double alpha;                     /* UCB width factor, default 0.1 */
     double lambda;                    /* ridge, default 1.0 */
     double mu0;                       /* optimistic offset, default 1.0 */
-    int dim;                          /* feature dimension, default 256 (8..4096) */
+    int dim;                          /* feature dimension, default 256 (16..4096) */
     double forgetting;                /* gamma in (0,1], default 1.0 */
     double thompson_v;                /* posterior scale v, default 0.1 */
     unsigned long long seed;          /* RNG seed for Thompson/tie noise, default 1 */

@@ -1,0 +1,186 @@
+/* bench_decision — time of one routing decision (features_from_request on a
+ * pre-parsed ~1 KB chat request + router_decide), of the features alone, and
+ * of one feedback update (router_feedback), at d=256 with 2, 8 and 16 arms.
+ * Also one forgetting (γ<1) update. Prints medians over batches.
+ *
+ *   build/bench/bench_decision            (make bench)
+ */
+#include <cblas.h>
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "banditd/config.h"
+#include "banditd/err.h"
+#include "banditd/features.h"
+#include "banditd/router.h"
+#include "banditd/util.h"
+
+
+#define DIM 256
+#define BATCHES 31
+
+static const char *REQUEST =
+    "{\"model\":\"auto\",\"max_tokens\":512,\"temperature\":0.2,\"messages\":["
+    "{\"role\":\"system\",\"content\":\"You are a careful senior engineer. Answer concisely, "
+    "show code when it helps, and state your assumptions.\"},"
+    "{\"role\":\"user\",\"content\":\"I have a C service that parses JSON requests with cJSON "
+    "and forwards them with libcurl. Under load (about 3000 requests per second on two cores) "
+    "the p99 latency jumps from 4 ms to 80 ms. perf shows a lot of time in malloc and free, "
+    "and in curl_easy_init. Here is the hot path:\\n```c\\nstatic int forward(const char *body, "
+    "size_t len) {\\n    cJSON *j = cJSON_ParseWithLength(body, len);\\n    CURL *c = "
+    "curl_easy_init();\\n    curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);\\n    int rc = "
+    "curl_easy_perform(c);\\n    curl_easy_cleanup(c);\\n    cJSON_Delete(j);\\n    return rc;\\n}"
+    "\\n```\\nWhat are the top three changes you would make, in order, and roughly how much "
+    "would each one buy? Should I switch to the multi interface, reuse handles in a pool, or "
+    "both? Also, is 3000 req/s = 1.5k per core realistic for this design?\"},"
+    "{\"role\":\"assistant\",\"content\":\"Reuse easy handles first; then move to curl_multi "
+    "with an event loop.\"},"
+    "{\"role\":\"user\",\"content\":\"Thanks. Can you sketch the pooled version and explain "
+    "how connection reuse interacts with HTTP/2 multiplexing? Keep it under 40 lines.\"}]}";
+
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return v[n / 2];
+}
+
+static struct config *make_config(int n_arms, double gamma)
+{
+    struct config *cfg = calloc(1, sizeof(*cfg));
+    if (cfg == NULL)
+        return NULL;
+    cfg->n_arms = (size_t)n_arms;
+    for (int i = 0; i < n_arms; i++) {
+        snprintf(cfg->arms[i].name, sizeof(cfg->arms[i].name), "arm%d", i);
+        cfg->arms[i].price_in_per_mtok = 0.2 + 0.7 * i;
+        cfg->arms[i].price_out_per_mtok = 0.6 + 2.1 * i;
+    }
+    cfg->router.policy = CONFIG_POLICY_LINUCB;
+    cfg->router.alpha = 0.1;
+    cfg->router.lambda = 1.0;
+    cfg->router.mu0 = 1.0;
+    cfg->router.dim = DIM;
+    cfg->router.forgetting = gamma;
+    cfg->router.thompson_v = 0.1;
+    cfg->router.seed = 1;
+    cfg->router.refactor_every = 1000;
+    return cfg;
+}
+
+/* Train each arm with some random feedback so that A⁻¹ is not diagonal. */
+static void warm(router *r, struct util_rng *rng, int per_arm)
+{
+    double x[DIM];
+    for (int a = 0; a < router_n_arms(r); a++)
+        for (int t = 0; t < per_arm; t++) {
+            char p[64];
+            snprintf(p, sizeof(p), "prompt %llu about %llu",
+                     (unsigned long long)(util_rng_next(rng) % 1000),
+                     (unsigned long long)(util_rng_next(rng) % 50));
+            features_from_prompt(p, x, DIM);
+            router_feedback(r, a, x, util_rng_uniform(rng));
+        }
+}
+
+static double time_features(const cJSON *req)
+{
+    double x[DIM], t[BATCHES];
+    const int iters = 2000;
+    for (int b = 0; b < BATCHES; b++) {
+        double t0 = now_ns();
+        for (int i = 0; i < iters; i++)
+            features_from_request(req, x, DIM);
+        t[b] = (now_ns() - t0) / iters;
+    }
+    return median(t, BATCHES);
+}
+
+static double time_decision(router *r, const cJSON *req)
+{
+    double x[DIM], t[BATCHES];
+    struct router_decision d;
+    struct pref_weights w = {0.7, 0.3, 0.0};
+    const int iters = 500;
+    for (int b = 0; b < BATCHES; b++) {
+        double t0 = now_ns();
+        for (int i = 0; i < iters; i++) {
+            features_from_request(req, x, DIM);
+            if (router_decide(r, x, &w, 300, NULL, -1, &d) != 0)
+                abort();
+        }
+        t[b] = (now_ns() - t0) / iters;
+    }
+    return median(t, BATCHES);
+}
+
+static double time_feedback(router *r, const cJSON *req, int iters)
+{
+    double x[DIM], t[BATCHES];
+    features_from_request(req, x, DIM);
+    int nb = iters >= 100 ? BATCHES : 5;
+    for (int b = 0; b < nb; b++) {
+        double t0 = now_ns();
+        for (int i = 0; i < iters; i++)
+            router_feedback(r, i % router_n_arms(r), x, (i & 1) ? 1.0 : 0.0);
+        t[b] = (now_ns() - t0) / iters;
+    }
+    return median(t, nb);
+}
+
+int main(void)
+{
+    openblas_set_num_threads(1);
+    cJSON *req = cJSON_Parse(REQUEST);
+    if (req == NULL)
+        return 1;
+    struct util_rng rng;
+    util_rng_seed(&rng, 42);
+    printf("request: %zu bytes of JSON, d=%d\n", strlen(REQUEST), DIM);
+    double tf = time_features(req);
+    printf("features_from_request        median %8.0f ns  %7.2f us\n", tf, tf / 1e3);
+    const int arms[] = {2, 8, 16};
+    for (size_t k = 0; k < sizeof(arms) / sizeof(arms[0]); k++) {
+        struct config *cfg = make_config(arms[k], 1.0);
+        router *r = cfg ? router_create(cfg) : NULL;
+        if (r == NULL)
+            return 1;
+        warm(r, &rng, 200);
+        double td = time_decision(r, req);
+        printf("decision (features+decide) %2d arms  median %8.0f ns  %7.2f us\n", arms[k], td,
+               td / 1e3);
+        if (arms[k] == 8) {
+            double tb = time_feedback(r, req, 200);
+            printf("feedback (router_feedback, gamma=1)  median %8.0f ns  %7.2f us\n", tb,
+                   tb / 1e3);
+        }
+        router_destroy(r);
+        free(cfg);
+    }
+    struct config *cfg = make_config(2, 0.999);
+    router *r = cfg ? router_create(cfg) : NULL;
+    if (r == NULL)
+        return 1;
+    double tg = time_feedback(r, req, 20);
+    printf("feedback (gamma=0.999, Cholesky per update)  median %8.0f ns  %7.2f us\n", tg,
+           tg / 1e3);
+    router_destroy(r);
+    free(cfg);
+    cJSON_Delete(req);
+    return 0;
+}

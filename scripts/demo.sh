@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The demo: the RouteLLM logged outcomes through banditd's real HTTP path.
+#   1. banditd-sim serves each model's logged answer (latency model, sped up)
+#   2. banditd routes every prompt between the two simulated arms
+#   3. the demo client posts the logged quality of the chosen arm as feedback
+#   4. a final table, plus the offline Pareto curve from `banditd replay`
+# Everything it starts, it stops. Env: PREF (default balanced), SEED (1),
+# SPEED (simulator speed-up, 200), CONC (client concurrency, 16), LIMIT (rows).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build}
+DATA=${DATA:-data/routellm_gpt4_vs_mixtral.dev.jsonl.gz}
+PREF=${PREF:-balanced}
+SEED=${SEED:-1}
+SPEED=${SPEED:-200}
+CONC=${CONC:-16}
+LIMIT=${LIMIT:-0}
+OUT=${OUT:-$BUILD/demo}
+mkdir -p "$OUT"
+rm -f "$OUT"/*.port "$OUT"/*.db*
+
+pids=()
+cleanup() {
+    for p in "${pids[@]+"${pids[@]}"}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+wait_file() {
+    for _ in $(seq 1 200); do [ -s "$1" ] && return 0; sleep 0.05; done
+    echo "demo: timed out waiting for $1" >&2; return 1
+}
+
+echo "== starting the simulator (logged answers of both models, ${SPEED}x faster than real time)"
+"$BUILD/banditd-sim" --data "$DATA" --port 0 --port-file "$OUT/sim.port" --speed "$SPEED" \
+    >"$OUT/sim.log" 2>&1 &
+pids+=($!)
+wait_file "$OUT/sim.port"
+SIM_PORT=$(cat "$OUT/sim.port")
+
+cat >"$OUT/banditd.json" <<JSON
+{
+  "listen": "127.0.0.1:0",
+  "arms": [
+    {"name": "gpt-4-1106-preview", "base_url": "http://127.0.0.1:$SIM_PORT/v1",
+     "model": "gpt-4-1106-preview", "price_in_per_mtok": 10.0, "price_out_per_mtok": 30.0,
+     "timeout_ms": 60000},
+    {"name": "mixtral-8x7b-instruct-v0.1", "base_url": "http://127.0.0.1:$SIM_PORT/v1",
+     "model": "mixtral-8x7b-instruct-v0.1", "price_in_per_mtok": 0.6,
+     "price_out_per_mtok": 0.6, "timeout_ms": 60000}
+  ],
+  "router": {"seed": $SEED},
+  "log": {"level": "warn"}
+}
+JSON
+
+echo "== starting banditd"
+"$BUILD/banditd" --config "$OUT/banditd.json" --port-file "$OUT/banditd.port" \
+    >"$OUT/banditd.log" 2>&1 &
+pids+=($!)
+wait_file "$OUT/banditd.port"
+PORT=$(cat "$OUT/banditd.port")
+
+echo "== sending every prompt through banditd (preference '$PREF', seed $SEED, $CONC concurrent)"
+python3 scripts/demo_client.py --data "$DATA" --port "$PORT" --preference "$PREF" \
+    --seed "$SEED" --concurrency "$CONC" --limit "$LIMIT" --json "$OUT/live.json"
+
+echo
+echo "== the same data offline (banditd replay, same seed), and the Pareto curve"
+"$BUILD/banditd" replay --data "$DATA" --sweep 11 --seed "$SEED" --format table \
+    --plot "$OUT/pareto.svg" | tee "$OUT/replay.txt"
+echo
+echo "live summary: $OUT/live.json   replay: $OUT/replay.txt   plot: $OUT/pareto.svg"

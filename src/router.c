@@ -1,0 +1,263 @@
+/* router — preference-conditioned arm choice (see router.h, docs/router.md).
+ *
+ * score_a = w_q·Q_a − w_c·ĉ_a/C̄ − w_l·l̂_a/L̄
+ *   Q_a   LinUCB: mean + α·width; Thompson: mean + v·width·z, z ~ N(0,1)
+ *         (the exact posterior sample of θᵀx for θ ~ N(θ̂, v²A⁻¹) at one x).
+ *   ĉ_a   (prompt_tokens·price_in + Ê_a·price_out)/1e6 USD, Ê_a the mean of
+ *         observed completion tokens shrunk toward a prior of 256 tokens with
+ *         the weight of one observation: Ê = (256 + Σ obs)/(1 + n).
+ *   l̂_a   EWMA (weight 0.1; the first observation is taken as is) of the
+ *         total time of answered calls and failures; 0 until observed.
+ *   C̄, L̄  running means over decisions of max_a ĉ_a and max_a l̂_a (over
+ *         the healthy arms), the current request included, with the mean's
+ *         weight floored at 1/NORM_WINDOW so that they keep adapting.
+ *         A zero mean switches its term off. */
+#include "banditd/router.h"
+
+#include <assert.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "banditd/err.h"
+#include "banditd/util.h"
+
+#define PRIOR_COMPLETION_TOKENS 256.0
+#define PRIOR_COMPLETION_WEIGHT 1.0
+#define LATENCY_EWMA 0.1
+#define NORM_WINDOW 10000.0
+
+struct arm {
+    linucb *m;
+    double price_in, price_out; /* USD per million tokens */
+    struct router_arm_stats st;
+    double completion_sum;
+    uint64_t lat_obs, ttfb_obs;
+};
+
+struct router {
+    int n_arms, dim;
+    enum config_policy policy;
+    double alpha, thompson_v;
+    struct util_rng rng;
+    double cbar, lbar;    /* running means of per-request maxima */
+    double cbar_n, lbar_n;
+    struct arm arms[ROUTER_MAX_ARMS];
+};
+
+router *router_create(const struct config *cfg)
+{
+    if (cfg == NULL || cfg->n_arms < 1 || cfg->n_arms > ROUTER_MAX_ARMS)
+        return NULL;
+    const struct config_router *rc = &cfg->router;
+    if (rc->dim < 1 || !isfinite(rc->alpha) || rc->alpha < 0 || !isfinite(rc->thompson_v) ||
+        rc->thompson_v < 0 ||
+        (rc->policy != CONFIG_POLICY_LINUCB && rc->policy != CONFIG_POLICY_THOMPSON))
+        return NULL;
+    router *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return NULL;
+    r->n_arms = (int)cfg->n_arms;
+    r->dim = rc->dim;
+    r->policy = rc->policy;
+    r->alpha = rc->alpha;
+    r->thompson_v = rc->thompson_v;
+    util_rng_seed(&r->rng, (uint64_t)rc->seed);
+    for (int i = 0; i < r->n_arms; i++) {
+        const struct config_arm *ca = &cfg->arms[i];
+        struct arm *a = &r->arms[i];
+        if (!isfinite(ca->price_in_per_mtok) || ca->price_in_per_mtok < 0 ||
+            !isfinite(ca->price_out_per_mtok) || ca->price_out_per_mtok < 0)
+            goto fail;
+        a->m = linucb_create(rc->dim, rc->lambda, rc->mu0, rc->forgetting, rc->refactor_every);
+        if (a->m == NULL)
+            goto fail;
+        if (ca->has_prior)
+            linucb_set_prior(a->m, ca->prior_quality);
+        a->price_in = ca->price_in_per_mtok;
+        a->price_out = ca->price_out_per_mtok;
+        a->st.exp_completion_tokens = PRIOR_COMPLETION_TOKENS;
+    }
+    return r;
+fail:
+    router_destroy(r);
+    return NULL;
+}
+
+void router_destroy(router *r)
+{
+    if (r == NULL)
+        return;
+    for (int i = 0; i < r->n_arms; i++)
+        linucb_destroy(r->arms[i].m);
+    free(r);
+}
+
+int router_n_arms(const router *r)
+{
+    return r->n_arms;
+}
+
+int router_dim(const router *r)
+{
+    return r->dim;
+}
+
+static double predicted_cost(const struct arm *a, long prompt_tokens)
+{
+    double pt = prompt_tokens > 0 ? (double)prompt_tokens : 0.0;
+    return (pt * a->price_in + a->st.exp_completion_tokens * a->price_out) / 1e6;
+}
+
+static void running_mean(double *mean, double *n, double v)
+{
+    *n += 1.0;
+    double w = *n < NORM_WINDOW ? 1.0 / *n : 1.0 / NORM_WINDOW;
+    *mean += w * (v - *mean);
+}
+
+/* Is a better than b (higher score, ties to the lower index)? */
+static int better(const struct router_decision *out, int a, int b)
+{
+    double sa = out->s[a].score, sb = out->s[b].score;
+    if (sa != sb)
+        return sa > sb;
+    return a < b;
+}
+
+int router_decide(router *r, const double *x, const struct pref_weights *w, long prompt_tokens,
+                  const unsigned char *healthy, int pinned, struct router_decision *out)
+{
+    assert(r != NULL && x != NULL && w != NULL && out != NULL);
+    if (pinned >= r->n_arms || pinned < -1)
+        return BD_ERR_INVALID;
+    int n = 0;
+    double cmax = 0.0, lmax = 0.0;
+    memset(out, 0, sizeof(*out));
+    for (int i = 0; i < r->n_arms; i++) {
+        if (healthy != NULL && !healthy[i] && i != pinned)
+            continue;
+        struct arm *a = &r->arms[i];
+        struct router_arm_score *s = &out->s[i];
+        linucb_score(a->m, x, &s->mean, &s->width);
+        if (r->policy == CONFIG_POLICY_THOMPSON)
+            s->quality = s->mean + r->thompson_v * s->width * util_rng_normal(&r->rng);
+        else
+            s->quality = s->mean + r->alpha * s->width;
+        s->cost = predicted_cost(a, prompt_tokens);
+        s->latency = a->st.latency_ms;
+        if (healthy == NULL || healthy[i]) {
+            if (s->cost > cmax)
+                cmax = s->cost;
+            if (s->latency > lmax)
+                lmax = s->latency;
+        }
+        out->order[n++] = i;
+    }
+    if (n == 0)
+        return BD_ERR_NOTFOUND;
+    running_mean(&r->cbar, &r->cbar_n, cmax);
+    running_mean(&r->lbar, &r->lbar_n, lmax);
+    for (int k = 0; k < n; k++) {
+        struct router_arm_score *s = &out->s[out->order[k]];
+        double c = r->cbar > 0.0 ? s->cost / r->cbar : 0.0;
+        double l = r->lbar > 0.0 ? s->latency / r->lbar : 0.0;
+        s->score = w->quality * s->quality - w->cost * c - w->latency * l;
+    }
+    /* Insertion sort, best first (n <= 64; stable on index order). */
+    for (int k = 1; k < n; k++) {
+        int v = out->order[k], j = k - 1;
+        while (j >= 0 && better(out, v, out->order[j])) {
+            out->order[j + 1] = out->order[j];
+            j--;
+        }
+        out->order[j + 1] = v;
+    }
+    if (pinned >= 0) {
+        int j = 0;
+        while (out->order[j] != pinned)
+            j++;
+        for (; j > 0; j--)
+            out->order[j] = out->order[j - 1];
+        out->order[0] = pinned;
+    }
+    out->n = n;
+    r->arms[out->order[0]].st.pulls++;
+    return BD_OK;
+}
+
+int router_feedback(router *r, int arm, const double *x, double reward)
+{
+    assert(r != NULL);
+    if (arm < 0 || arm >= r->n_arms || x == NULL || !isfinite(reward) || reward < 0.0 ||
+        reward > 1.0)
+        return BD_ERR_INVALID;
+    struct arm *a = &r->arms[arm];
+    int rc = linucb_update(a->m, x, reward);
+    if (rc != BD_OK)
+        return rc;
+    a->st.feedback++;
+    a->st.reward_sum += reward;
+    return BD_OK;
+}
+
+static void ewma(double *v, uint64_t *nobs, double obs)
+{
+    if (*nobs == 0)
+        *v = obs;
+    else
+        *v += LATENCY_EWMA * (obs - *v);
+    (*nobs)++;
+}
+
+void router_observe(router *r, int arm, long completion_tokens, double ttfb_ms, double total_ms)
+{
+    assert(r != NULL);
+    if (arm < 0 || arm >= r->n_arms)
+        return;
+    struct arm *a = &r->arms[arm];
+    if (completion_tokens >= 0) {
+        a->completion_sum += (double)completion_tokens;
+        a->st.usage_obs++;
+        a->st.exp_completion_tokens =
+            (PRIOR_COMPLETION_TOKENS * PRIOR_COMPLETION_WEIGHT + a->completion_sum) /
+            (PRIOR_COMPLETION_WEIGHT + (double)a->st.usage_obs);
+    }
+    if (isfinite(ttfb_ms) && ttfb_ms >= 0)
+        ewma(&a->st.ttfb_ms, &a->ttfb_obs, ttfb_ms);
+    if (isfinite(total_ms) && total_ms >= 0)
+        ewma(&a->st.latency_ms, &a->lat_obs, total_ms);
+}
+
+void router_observe_failure(router *r, int arm, double elapsed_ms)
+{
+    assert(r != NULL);
+    if (arm < 0 || arm >= r->n_arms || !isfinite(elapsed_ms) || elapsed_ms < 0)
+        return;
+    struct arm *a = &r->arms[arm];
+    ewma(&a->st.latency_ms, &a->lat_obs, elapsed_ms);
+}
+
+void router_arm_stats(const router *r, int arm, struct router_arm_stats *out)
+{
+    assert(r != NULL && out != NULL);
+    if (arm < 0 || arm >= r->n_arms) {
+        memset(out, 0, sizeof(*out));
+        return;
+    }
+    *out = r->arms[arm].st;
+}
+
+const linucb *router_model(const router *r, int arm)
+{
+    if (r == NULL || arm < 0 || arm >= r->n_arms)
+        return NULL;
+    return r->arms[arm].m;
+}
+
+linucb *router_model_mut(router *r, int arm)
+{
+    if (r == NULL || arm < 0 || arm >= r->n_arms)
+        return NULL;
+    return r->arms[arm].m;
+}

@@ -1,0 +1,1277 @@
+/* store — SQLite persistence with a group-committing writer thread.
+ * Contract: include/banditd/store.h; schema and guarantees: docs/state.md. */
+#include "banditd/store.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "banditd/err.h"
+
+#define STORE_APP_ID 0x42444231 /* "BDB1": PRAGMA application_id of a banditd db */
+#define STORE_BUSY_TIMEOUT_MS 5000
+#define STORE_MAX_DIM 65536
+#define STORE_KEEP_SNAPSHOTS 2
+
+enum op_kind { OP_DECISION, OP_COMPLETE, OP_FEEDBACK, OP_SNAPSHOT, OP_PURGE };
+
+struct snap_arm {
+    char name[STORE_NAME_MAX];
+    struct store_arm_state st; /* pointers unused; A/b encoded below */
+    unsigned char *A;          /* dim*dim*8 bytes, little-endian */
+    unsigned char *b;          /* dim*8 bytes */
+};
+
+struct op {
+    enum op_kind kind;
+    store_done_fn cb;
+    void *ud;
+    int rc;
+    int64_t seq;
+    struct op *next; /* completion list link */
+    char id[STORE_ID_MAX];
+    char id2[STORE_ID_MAX]; /* completion id */
+    char arm[STORE_NAME_MAX];
+    struct pref_weights w;
+    double t1, t2, t3; /* decision: created, cost, latency; feedback: reward, at */
+    uint64_t client;
+    int n_snap;
+    struct snap_arm *snap;
+    size_t xlen;       /* bytes in x */
+    unsigned char x[]; /* encoded features (little-endian doubles) */
+};
+
+enum stmt_id {
+    ST_DECISION,
+    ST_COMPLETE,
+    ST_FEEDBACK,
+    ST_SNAPSHOT,
+    ST_SNAP_PRUNE,
+    ST_PURGE,
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_DECISION] = "INSERT INTO decisions(id, completion_id, arm_name, x, w_q, w_c, w_l, "
+                    "created_s, cost_usd, latency_ms, client) VALUES(?,?,?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT(id) DO NOTHING",
+    [ST_COMPLETE] = "UPDATE decisions SET completion_id = coalesce(?, completion_id), "
+                    "cost_usd = ?, latency_ms = ? WHERE id = ?",
+    [ST_FEEDBACK] = "INSERT INTO feedback(request_id, arm_name, x, reward, at_s) "
+                    "VALUES(?,?,?,?,?) ON CONFLICT(request_id) DO NOTHING",
+    [ST_SNAPSHOT] = "INSERT INTO arm_stats(arm_name, dim, A, b, n, feedback_seq, pulls, "
+                    "feedback, reward_sum, exp_completion_tokens, latency_ms, ttfb_ms, "
+                    "usage_obs, taken_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+    [ST_SNAP_PRUNE] = "DELETE FROM arm_stats WHERE arm_name = ?1 AND id NOT IN "
+                      "(SELECT id FROM arm_stats WHERE arm_name = ?1 ORDER BY id DESC LIMIT ?2)",
+    [ST_PURGE] = "DELETE FROM decisions WHERE created_s < ?",
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+};
+
+struct store {
+    int dim;
+    sqlite3 *db;  /* writer thread only (after open) */
+    sqlite3 *rdb; /* read-only, loop thread only */
+    sqlite3_stmt *st[ST_COUNT];
+    store_wake_fn wake;
+    void *wake_ud;
+    pthread_t thread;
+
+    /* q_mu + q_cv: the queue, the counters, stop. */
+    pthread_mutex_t q_mu;
+    pthread_cond_t q_cv;
+    struct op **ring;
+    size_t cap, head, count;
+    uint64_t enqueued, done; /* ops ever accepted; ops finished by the writer */
+    int stop;
+    struct store_stats stats;
+
+    /* done_mu: the completion list. */
+    pthread_mutex_t done_mu;
+    struct op *done_head, *done_tail;
+
+    struct op **batch; /* writer thread only */
+};
+
+/* ---------- helpers ---------- */
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int map_sqlite(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_DONE:
+    case SQLITE_ROW:
+        return 0;
+    case SQLITE_NOMEM:
+        return BD_ERR_NOMEM;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return BD_ERR_BUSY;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+        return BD_ERR_CORRUPT;
+    case SQLITE_CANTOPEN:
+        return BD_ERR_NOTFOUND;
+    default:
+        return BD_ERR_IO;
+    }
+}
+
+static void enc_doubles(unsigned char *out, const double *x, size_t n)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(out, x, n * sizeof(double));
+#else
+    for (size_t i = 0; i < n; i++) {
+        uint64_t u;
+        memcpy(&u, &x[i], 8);
+        for (int k = 0; k < 8; k++)
+            out[8 * i + k] = (unsigned char)(u >> (8 * k));
+    }
+#endif
+}
+
+static void dec_doubles(double *out, const unsigned char *in, size_t n)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(out, in, n * sizeof(double));
+#else
+    for (size_t i = 0; i < n; i++) {
+        uint64_t u = 0;
+        for (int k = 0; k < 8; k++)
+            u |= (uint64_t)in[8 * i + k] << (8 * k);
+        memcpy(&out[i], &u, 8);
+    }
+#endif
+}
+
+static int all_finite(const double *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return 0;
+    return 1;
+}
+
+/* Copy a NUL-terminated string of 1..max-1 chars. */
+static int copy_name(char *dst, size_t max, const char *src, int allow_empty)
+{
+    if (!src)
+        return allow_empty ? (dst[0] = '\0', 0) : BD_ERR_INVALID;
+    size_t n = strnlen(src, max);
+    if (n >= max || (n == 0 && !allow_empty))
+        return BD_ERR_INVALID;
+    memcpy(dst, src, n + 1);
+    return 0;
+}
+
+static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: %s", sql, msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        return map_sqlite(rc);
+    }
+    return 0;
+}
+
+/* Run a one-value pragma/query; copies the first column of the first row. */
+static int query_text(sqlite3 *db, const char *sql, char *out, size_t outlen)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+        snprintf(out, outlen, "%s", t ? (const char *)t : "");
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        out[0] = '\0';
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* ---------- schema, creation, validation ---------- */
+
+static const char schema_sql[] =
+    "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    "CREATE TABLE decisions(id TEXT PRIMARY KEY, completion_id TEXT, arm_name TEXT NOT NULL,"
+    " x BLOB NOT NULL, w_q REAL NOT NULL, w_c REAL NOT NULL, w_l REAL NOT NULL,"
+    " created_s REAL NOT NULL, cost_usd REAL NOT NULL DEFAULT 0,"
+    " latency_ms REAL NOT NULL DEFAULT 0, client INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX decisions_created ON decisions(created_s);"
+    "CREATE TABLE feedback(seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " request_id TEXT NOT NULL UNIQUE, arm_name TEXT NOT NULL, x BLOB NOT NULL,"
+    " reward REAL NOT NULL, at_s REAL NOT NULL);"
+    "CREATE INDEX feedback_arm ON feedback(arm_name, seq);"
+    "CREATE TABLE arm_stats(id INTEGER PRIMARY KEY AUTOINCREMENT, arm_name TEXT NOT NULL,"
+    " dim INTEGER NOT NULL, A BLOB NOT NULL, b BLOB NOT NULL, n INTEGER NOT NULL,"
+    " feedback_seq INTEGER NOT NULL, pulls INTEGER NOT NULL, feedback INTEGER NOT NULL,"
+    " reward_sum REAL NOT NULL, exp_completion_tokens REAL NOT NULL,"
+    " latency_ms REAL NOT NULL, ttfb_ms REAL NOT NULL, usage_obs INTEGER NOT NULL,"
+    " taken_at REAL NOT NULL);"
+    "CREATE INDEX arm_stats_arm ON arm_stats(arm_name, id);";
+
+static int fsync_path(const char *path, int dir)
+{
+    int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int r = fsync(fd);
+    close(fd);
+    return r;
+}
+
+static void dir_of(const char *path, char *out, size_t outlen)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(out, outlen, ".");
+    else if (slash == path)
+        snprintf(out, outlen, "/");
+    else
+        snprintf(out, outlen, "%.*s", (int)(slash - path), path);
+}
+
+/* Build a fresh database in a temporary file next to path, then rename it
+ * into place: a database at path is therefore always fully initialised. */
+static int create_fresh(const char *path, int dim, char *err, size_t errlen)
+{
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 32);
+    if (!tmp)
+        return BD_ERR_NOMEM;
+    snprintf(tmp, plen + 32, "%s.tmp-%ld", path, (long)getpid());
+    unlink(tmp);
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(tmp, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    int r = 0;
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: cannot create database: %s", path,
+                db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        r = map_sqlite(rc) == BD_ERR_NOMEM ? BD_ERR_NOMEM : BD_ERR_IO;
+        goto out;
+    }
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA application_id=%d;"
+             "PRAGMA user_version=%d; BEGIN;",
+             STORE_APP_ID, STORE_SCHEMA_VERSION);
+    if ((r = exec_sql(db, sql, err, errlen)) || (r = exec_sql(db, schema_sql, err, errlen)))
+        goto out;
+    snprintf(sql, sizeof sql,
+             "INSERT INTO meta VALUES('schema_version','%d'); INSERT INTO meta "
+             "VALUES('dim','%d'); INSERT INTO meta VALUES('created', "
+             "strftime('%%Y-%%m-%%dT%%H:%%M:%%SZ','now')); COMMIT;",
+             STORE_SCHEMA_VERSION, dim);
+    if ((r = exec_sql(db, sql, err, errlen)))
+        goto out;
+    rc = sqlite3_close(db); /* checkpoints and removes tmp's -wal */
+    db = NULL;
+    if (rc != SQLITE_OK || fsync_path(tmp, 0) != 0) {
+        set_err(err, errlen, "%s: cannot finish new database: %s", path, strerror(errno));
+        r = BD_ERR_IO;
+        goto out;
+    }
+    if (rename(tmp, path) != 0) {
+        set_err(err, errlen, "%s: rename from %s: %s", path, tmp, strerror(errno));
+        r = BD_ERR_IO;
+        goto out;
+    }
+    char dir[4096];
+    dir_of(path, dir, sizeof dir);
+    fsync_path(dir, 1); /* best effort: some filesystems refuse a directory fsync */
+out:
+    if (db)
+        sqlite3_close(db);
+    if (r) {
+        unlink(tmp);
+        char side[4200];
+        snprintf(side, sizeof side, "%s-wal", tmp);
+        unlink(side);
+        snprintf(side, sizeof side, "%s-shm", tmp);
+        unlink(side);
+    }
+    free(tmp);
+    return r;
+}
+
+/* Checks an opened existing database without writing to it. */
+static int validate(sqlite3 *db, const char *path, int dim, char *err, size_t errlen)
+{
+    char v[256];
+    int rc = query_text(db, "PRAGMA application_id", v, sizeof v);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen,
+                "%s: exists but is not a readable SQLite database (%s); refusing to start "
+                "fresh: move it away, restore a backup, or use --reset-state",
+                path, sqlite3_errmsg(db));
+        int m = map_sqlite(rc);
+        return m == BD_ERR_IO ? BD_ERR_CORRUPT : m;
+    }
+    if (atol(v) != STORE_APP_ID) {
+        set_err(err, errlen,
+                "%s: exists but is not a banditd database (application_id %s); refusing to "
+                "touch it: move it away or use --reset-state",
+                path, v);
+        return BD_ERR_CORRUPT;
+    }
+    rc = query_text(db, "PRAGMA quick_check", v, sizeof v);
+    if (rc != SQLITE_OK || strcmp(v, "ok") != 0) {
+        set_err(err, errlen,
+                "%s: database is corrupt (quick_check: %s); restore a backup, salvage it "
+                "with `sqlite3 %s .recover`, or use --reset-state",
+                path, rc != SQLITE_OK ? sqlite3_errmsg(db) : v, path);
+        return BD_ERR_CORRUPT;
+    }
+    rc = query_text(db, "SELECT value FROM meta WHERE key='schema_version'", v, sizeof v);
+    if (rc != SQLITE_OK || v[0] == '\0') {
+        set_err(err, errlen, "%s: banditd database without a schema version (%s)", path,
+                rc != SQLITE_OK ? sqlite3_errmsg(db) : "missing");
+        return BD_ERR_CORRUPT;
+    }
+    if (atoi(v) != STORE_SCHEMA_VERSION) {
+        set_err(err, errlen,
+                "%s: schema version %s, this banditd supports %d; use a matching banditd "
+                "or migrate",
+                path, v, STORE_SCHEMA_VERSION);
+        return BD_ERR_INVALID;
+    }
+    rc = query_text(db, "SELECT value FROM meta WHERE key='dim'", v, sizeof v);
+    if (rc != SQLITE_OK || atoi(v) <= 0) {
+        set_err(err, errlen, "%s: banditd database without a valid dim", path);
+        return BD_ERR_CORRUPT;
+    }
+    if (atoi(v) != dim) {
+        set_err(err, errlen, "store has dim=%d, config says dim=%d; use --reset-state or migrate",
+                atoi(v), dim);
+        return BD_ERR_INVALID;
+    }
+    return 0;
+}
+
+static int remove_files(const char *path, char *err, size_t errlen)
+{
+    static const char *const sfx[] = {"", "-wal", "-shm", "-journal"};
+    char p[4200];
+    for (size_t i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
+        snprintf(p, sizeof p, "%s%s", path, sfx[i]);
+        if (unlink(p) != 0 && errno != ENOENT) {
+            set_err(err, errlen, "%s: cannot delete for reset: %s", p, strerror(errno));
+            return BD_ERR_IO;
+        }
+    }
+    return 0;
+}
+
+/* ---------- writer thread ---------- */
+
+static void free_op(struct op *o)
+{
+    if (!o)
+        return;
+    for (int i = 0; i < o->n_snap; i++) {
+        free(o->snap[i].A);
+        free(o->snap[i].b);
+    }
+    free(o->snap);
+    free(o);
+}
+
+static int step_done(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Execute one op inside the open transaction. Returns an SQLite code; a
+ * non-OK code aborts the whole batch. Sets o->rc for per-op outcomes. */
+static int apply_op(store *s, struct op *o)
+{
+    sqlite3_stmt *st;
+    int rc;
+    o->rc = 0;
+    switch (o->kind) {
+    case OP_DECISION:
+        st = s->st[ST_DECISION];
+        sqlite3_bind_text(st, 1, o->id, -1, SQLITE_STATIC);
+        if (o->id2[0])
+            sqlite3_bind_text(st, 2, o->id2, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 2);
+        sqlite3_bind_text(st, 3, o->arm, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 4, o->x, (int)o->xlen, SQLITE_STATIC);
+        sqlite3_bind_double(st, 5, o->w.quality);
+        sqlite3_bind_double(st, 6, o->w.cost);
+        sqlite3_bind_double(st, 7, o->w.latency);
+        sqlite3_bind_double(st, 8, o->t1);
+        sqlite3_bind_double(st, 9, o->t2);
+        sqlite3_bind_double(st, 10, o->t3);
+        sqlite3_bind_int64(st, 11, (sqlite3_int64)o->client);
+        rc = step_done(st);
+        if (rc == SQLITE_OK && sqlite3_changes(s->db) == 0)
+            o->rc = BD_ERR_EXISTS;
+        return rc;
+    case OP_COMPLETE:
+        st = s->st[ST_COMPLETE];
+        if (o->id2[0])
+            sqlite3_bind_text(st, 1, o->id2, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 1);
+        sqlite3_bind_double(st, 2, o->t2);
+        sqlite3_bind_double(st, 3, o->t3);
+        sqlite3_bind_text(st, 4, o->id, -1, SQLITE_STATIC);
+        return step_done(st);
+    case OP_FEEDBACK:
+        st = s->st[ST_FEEDBACK];
+        sqlite3_bind_text(st, 1, o->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, o->arm, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 3, o->x, (int)o->xlen, SQLITE_STATIC);
+        sqlite3_bind_double(st, 4, o->t1);
+        sqlite3_bind_double(st, 5, o->t2);
+        rc = step_done(st);
+        if (rc == SQLITE_OK) {
+            if (sqlite3_changes(s->db) == 0)
+                o->rc = BD_ERR_EXISTS;
+            else
+                o->seq = sqlite3_last_insert_rowid(s->db);
+        }
+        return rc;
+    case OP_SNAPSHOT:
+        for (int i = 0; i < o->n_snap; i++) {
+            const struct snap_arm *a = &o->snap[i];
+            size_t d = (size_t)s->dim;
+            st = s->st[ST_SNAPSHOT];
+            sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
+            sqlite3_bind_int(st, 2, s->dim);
+            sqlite3_bind_blob64(st, 3, a->A, d * d * 8, SQLITE_STATIC);
+            sqlite3_bind_blob64(st, 4, a->b, d * 8, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 5, (sqlite3_int64)a->st.n);
+            sqlite3_bind_int64(st, 6, a->st.feedback_seq);
+            sqlite3_bind_int64(st, 7, (sqlite3_int64)a->st.pulls);
+            sqlite3_bind_int64(st, 8, (sqlite3_int64)a->st.feedback);
+            sqlite3_bind_double(st, 9, a->st.reward_sum);
+            sqlite3_bind_double(st, 10, a->st.exp_completion_tokens);
+            sqlite3_bind_double(st, 11, a->st.latency_ms);
+            sqlite3_bind_double(st, 12, a->st.ttfb_ms);
+            sqlite3_bind_int64(st, 13, (sqlite3_int64)a->st.usage_obs);
+            sqlite3_bind_double(st, 14, a->st.taken_at);
+            if ((rc = step_done(st)) != SQLITE_OK)
+                return rc;
+            st = s->st[ST_SNAP_PRUNE];
+            sqlite3_bind_text(st, 1, a->name, -1, SQLITE_STATIC);
+            sqlite3_bind_int(st, 2, STORE_KEEP_SNAPSHOTS);
+            if ((rc = step_done(st)) != SQLITE_OK)
+                return rc;
+        }
+        return SQLITE_OK;
+    case OP_PURGE:
+        st = s->st[ST_PURGE];
+        sqlite3_bind_double(st, 1, o->t1);
+        return step_done(st);
+    }
+    assert(!"unknown op kind");
+    return SQLITE_INTERNAL;
+}
+
+/* One group commit of n ops. Returns 0 or the batch's error code. */
+static int run_batch(store *s, struct op **ops, size_t n)
+{
+    int rc = step_done(s->st[ST_BEGIN]);
+    for (size_t i = 0; rc == SQLITE_OK && i < n; i++)
+        rc = apply_op(s, ops[i]);
+    if (rc == SQLITE_OK)
+        rc = step_done(s->st[ST_COMMIT]);
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_clear_bindings(s->st[i]);
+    if (rc == SQLITE_OK)
+        return 0;
+    int err = map_sqlite(rc);
+    if (err == BD_ERR_NOTFOUND)
+        err = BD_ERR_IO;
+    if (!sqlite3_get_autocommit(s->db))
+        step_done(s->st[ST_ROLLBACK]);
+    return err;
+}
+
+static void *writer_main(void *arg)
+{
+    store *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->q_mu);
+        while (s->count == 0 && !s->stop)
+            pthread_cond_wait(&s->q_cv, &s->q_mu);
+        if (s->count == 0 && s->stop) {
+            pthread_mutex_unlock(&s->q_mu);
+            break;
+        }
+        size_t n = s->count;
+        for (size_t i = 0; i < n; i++)
+            s->batch[i] = s->ring[(s->head + i) % s->cap];
+        s->head = (s->head + n) % s->cap;
+        s->count = 0;
+        pthread_mutex_unlock(&s->q_mu);
+
+        int err = run_batch(s, s->batch, n);
+
+        struct op *head = NULL, *tail = NULL;
+        size_t with_cb = 0;
+        for (size_t i = 0; i < n; i++) {
+            struct op *o = s->batch[i];
+            s->batch[i] = NULL;
+            if (err) {
+                o->rc = err;
+                o->seq = 0;
+            }
+            if (!o->cb) {
+                free_op(o);
+                continue;
+            }
+            o->next = NULL;
+            if (tail)
+                tail->next = o;
+            else
+                head = o;
+            tail = o;
+            with_cb++;
+        }
+        if (head) {
+            pthread_mutex_lock(&s->done_mu);
+            if (s->done_tail)
+                s->done_tail->next = head;
+            else
+                s->done_head = head;
+            s->done_tail = tail;
+            pthread_mutex_unlock(&s->done_mu);
+        }
+
+        pthread_mutex_lock(&s->q_mu);
+        s->done += n;
+        if (err) {
+            s->stats.failed_txns++;
+            s->stats.failed_ops += n;
+            s->stats.last_error = err;
+        } else {
+            s->stats.commits++;
+        }
+        if (n > s->stats.max_batch)
+            s->stats.max_batch = n;
+        pthread_cond_broadcast(&s->q_cv);
+        pthread_mutex_unlock(&s->q_mu);
+
+        if (with_cb && s->wake)
+            s->wake(s->wake_ud);
+    }
+    return NULL;
+}
+
+/* ---------- open / close ---------- */
+
+static void close_dbs(store *s)
+{
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(s->st[i]);
+    if (s->rdb)
+        sqlite3_close(s->rdb);
+    if (s->db)
+        sqlite3_close(s->db);
+}
+
+int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, void *wake_ud,
+               size_t queue_cap, store **out, char *err, size_t errlen)
+{
+    assert(out);
+    *out = NULL;
+    if (!path || !path[0] || strlen(path) > 4000 || dim < 1 || dim > STORE_MAX_DIM ||
+        queue_cap < 1 || queue_cap > (1u << 24)) {
+        set_err(err, errlen, "store_open: invalid arguments (path, dim 1..%d, queue_cap >= 1)",
+                STORE_MAX_DIM);
+        return BD_ERR_INVALID;
+    }
+    int r;
+    if ((flags & STORE_RESET) && (r = remove_files(path, err, errlen)))
+        return r;
+    struct stat stt;
+    if (stat(path, &stt) != 0) {
+        if (errno != ENOENT) {
+            set_err(err, errlen, "%s: %s", path, strerror(errno));
+            return BD_ERR_IO;
+        }
+        /* A WAL without its database would be replayed into the new file. */
+        char wal[4100];
+        snprintf(wal, sizeof wal, "%s-wal", path);
+        if (stat(wal, &stt) == 0) {
+            set_err(err, errlen,
+                    "%s does not exist but %s does (the database was removed without its "
+                    "WAL); refusing to start fresh: move the WAL away or use --reset-state",
+                    path, wal);
+            return BD_ERR_CORRUPT;
+        }
+        if ((r = create_fresh(path, dim, err, errlen)))
+            return r;
+    } else if (!S_ISREG(stt.st_mode)) {
+        set_err(err, errlen, "%s: exists but is not a regular file", path);
+        return BD_ERR_CORRUPT;
+    }
+
+    store *s = calloc(1, sizeof *s);
+    if (!s)
+        return BD_ERR_NOMEM;
+    s->dim = dim;
+    s->wake = wake;
+    s->wake_ud = wake_ud;
+    s->cap = queue_cap;
+    s->ring = calloc(queue_cap, sizeof *s->ring);
+    s->batch = calloc(queue_cap, sizeof *s->batch);
+    if (!s->ring || !s->batch) {
+        r = BD_ERR_NOMEM;
+        goto fail;
+    }
+    int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: cannot open: %s", path,
+                s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        r = map_sqlite(rc) == BD_ERR_NOMEM ? BD_ERR_NOMEM : BD_ERR_IO;
+        goto fail;
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
+    if ((r = validate(s->db, path, dim, err, errlen)))
+        goto fail;
+    char mode[32];
+    rc = query_text(s->db, "PRAGMA journal_mode=WAL", mode, sizeof mode);
+    if (rc != SQLITE_OK || strcmp(mode, "wal") != 0) {
+        set_err(err, errlen, "%s: cannot enable WAL (%s)", path,
+                rc != SQLITE_OK ? sqlite3_errmsg(s->db) : mode);
+        r = BD_ERR_IO;
+        goto fail;
+    }
+    /* synchronous=FULL: in WAL mode NORMAL may lose the last commits on power
+     * loss (the WAL is fsynced only at checkpoints); FULL fsyncs the WAL at
+     * every commit, so an acknowledged feedback survives power loss. */
+    if ((r = exec_sql(s->db,
+                      "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;"
+                      "PRAGMA journal_size_limit=67108864; PRAGMA wal_autocheckpoint=1000;",
+                      err, errlen)))
+        goto fail;
+    for (int i = 0; i < ST_COUNT; i++) {
+        rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
+        if (rc != SQLITE_OK) {
+            set_err(err, errlen, "%s: prepare: %s", path, sqlite3_errmsg(s->db));
+            r = BD_ERR_CORRUPT;
+            goto fail;
+        }
+    }
+    rc = sqlite3_open_v2(path, &s->rdb, SQLITE_OPEN_READONLY, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: cannot open for reading: %s", path, sqlite3_errstr(rc));
+        r = BD_ERR_IO;
+        goto fail;
+    }
+    sqlite3_busy_timeout(s->rdb, STORE_BUSY_TIMEOUT_MS);
+    pthread_mutex_init(&s->q_mu, NULL);
+    pthread_cond_init(&s->q_cv, NULL);
+    pthread_mutex_init(&s->done_mu, NULL);
+    if (pthread_create(&s->thread, NULL, writer_main, s) != 0) {
+        set_err(err, errlen, "store: cannot start the writer thread");
+        pthread_mutex_destroy(&s->q_mu);
+        pthread_cond_destroy(&s->q_cv);
+        pthread_mutex_destroy(&s->done_mu);
+        r = BD_ERR_NOMEM;
+        goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    close_dbs(s);
+    free(s->ring);
+    free(s->batch);
+    free(s);
+    return r;
+}
+
+size_t store_dispatch(store *s)
+{
+    pthread_mutex_lock(&s->done_mu);
+    struct op *o = s->done_head;
+    s->done_head = s->done_tail = NULL;
+    pthread_mutex_unlock(&s->done_mu);
+    size_t n = 0;
+    while (o) {
+        struct op *next = o->next;
+        o->cb(o->rc, o->seq, o->ud);
+        free_op(o);
+        o = next;
+        n++;
+    }
+    return n;
+}
+
+void store_close(store *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->q_mu);
+    s->stop = 1;
+    pthread_cond_broadcast(&s->q_cv);
+    pthread_mutex_unlock(&s->q_mu);
+    pthread_join(s->thread, NULL);
+    assert(s->count == 0);
+    /* Callbacks may not enqueue any more (the writer is gone): put_* answers
+     * BD_ERR_BUSY once stop is set. */
+    store_dispatch(s);
+    close_dbs(s);
+    pthread_mutex_destroy(&s->q_mu);
+    pthread_cond_destroy(&s->q_cv);
+    pthread_mutex_destroy(&s->done_mu);
+    free(s->ring);
+    free(s->batch);
+    free(s);
+}
+
+void store_flush(store *s)
+{
+    pthread_mutex_lock(&s->q_mu);
+    uint64_t target = s->enqueued;
+    while (s->done < target)
+        pthread_cond_wait(&s->q_cv, &s->q_mu);
+    pthread_mutex_unlock(&s->q_mu);
+}
+
+void store_get_stats(store *s, struct store_stats *out)
+{
+    pthread_mutex_lock(&s->q_mu);
+    *out = s->stats;
+    out->queue_depth = s->count;
+    pthread_mutex_unlock(&s->q_mu);
+}
+
+int store_dim(const store *s)
+{
+    return s->dim;
+}
+
+/* ---------- enqueue ---------- */
+
+static struct op *op_new(enum op_kind kind, size_t xlen, store_done_fn cb, void *ud)
+{
+    struct op *o = calloc(1, sizeof *o + xlen);
+    if (!o)
+        return NULL;
+    o->kind = kind;
+    o->cb = cb;
+    o->ud = ud;
+    o->xlen = xlen;
+    return o;
+}
+
+/* Takes o on success; on failure the caller frees it. */
+static int enqueue(store *s, struct op *o)
+{
+    pthread_mutex_lock(&s->q_mu);
+    if (s->count == s->cap || s->stop) {
+        s->stats.rejected++;
+        pthread_mutex_unlock(&s->q_mu);
+        return BD_ERR_BUSY;
+    }
+    s->ring[(s->head + s->count) % s->cap] = o;
+    s->count++;
+    s->enqueued++;
+    s->stats.enqueued++;
+    pthread_cond_broadcast(&s->q_cv);
+    pthread_mutex_unlock(&s->q_mu);
+    return 0;
+}
+
+static int enqueue_or_free(store *s, struct op *o)
+{
+    int r = enqueue(s, o);
+    if (r)
+        free_op(o);
+    return r;
+}
+
+int store_put_decision(store *s, const struct store_decision *d, store_done_fn cb, void *ud)
+{
+    if (!d || !d->x || !all_finite(d->x, (size_t)s->dim))
+        return BD_ERR_INVALID;
+    size_t xlen = (size_t)s->dim * 8;
+    struct op *o = op_new(OP_DECISION, xlen, cb, ud);
+    if (!o)
+        return BD_ERR_NOMEM;
+    if (copy_name(o->id, sizeof o->id, d->id, 0) ||
+        copy_name(o->id2, sizeof o->id2, d->completion_id, 1) ||
+        copy_name(o->arm, sizeof o->arm, d->arm_name, 0)) {
+        free_op(o);
+        return BD_ERR_INVALID;
+    }
+    enc_doubles(o->x, d->x, (size_t)s->dim);
+    o->w = d->w;
+    o->t1 = d->created_s;
+    o->t2 = d->cost_usd;
+    o->t3 = d->latency_ms;
+    o->client = d->client;
+    return enqueue_or_free(s, o);
+}
+
+int store_complete_decision(store *s, const char *id, const char *completion_id, double cost_usd,
+                            double latency_ms)
+{
+    struct op *o = op_new(OP_COMPLETE, 0, NULL, NULL);
+    if (!o)
+        return BD_ERR_NOMEM;
+    if (copy_name(o->id, sizeof o->id, id, 0) ||
+        copy_name(o->id2, sizeof o->id2, completion_id, 1)) {
+        free_op(o);
+        return BD_ERR_INVALID;
+    }
+    o->t2 = cost_usd;
+    o->t3 = latency_ms;
+    return enqueue_or_free(s, o);
+}
+
+int store_put_feedback(store *s, const char *request_id, const char *arm_name, const double *x,
+                       int dim, double reward, double at_s, store_done_fn cb, void *ud)
+{
+    if (!cb || !x || dim != s->dim || !isfinite(reward) || !isfinite(at_s) ||
+        !all_finite(x, (size_t)dim))
+        return BD_ERR_INVALID;
+    struct op *o = op_new(OP_FEEDBACK, (size_t)dim * 8, cb, ud);
+    if (!o)
+        return BD_ERR_NOMEM;
+    if (copy_name(o->id, sizeof o->id, request_id, 0) ||
+        copy_name(o->arm, sizeof o->arm, arm_name, 0)) {
+        free_op(o);
+        return BD_ERR_INVALID;
+    }
+    enc_doubles(o->x, x, (size_t)dim);
+    o->t1 = reward;
+    o->t2 = at_s;
+    return enqueue_or_free(s, o);
+}
+
+int store_put_snapshot(store *s, const struct store_arm_state *arms, int n, store_done_fn cb,
+                       void *ud)
+{
+    if (!arms || n < 1)
+        return BD_ERR_INVALID;
+    size_t d = (size_t)s->dim;
+    for (int i = 0; i < n; i++)
+        if (!arms[i].A || !arms[i].b)
+            return BD_ERR_INVALID;
+    /* Refuse early when the queue is visibly full: the copy below is big. */
+    pthread_mutex_lock(&s->q_mu);
+    int full = s->count == s->cap || s->stop;
+    if (full)
+        s->stats.rejected++;
+    pthread_mutex_unlock(&s->q_mu);
+    if (full)
+        return BD_ERR_BUSY;
+    struct op *o = op_new(OP_SNAPSHOT, 0, cb, ud);
+    if (!o)
+        return BD_ERR_NOMEM;
+    o->snap = calloc((size_t)n, sizeof *o->snap);
+    if (!o->snap) {
+        free_op(o);
+        return BD_ERR_NOMEM;
+    }
+    o->n_snap = n;
+    for (int i = 0; i < n; i++) {
+        struct snap_arm *a = &o->snap[i];
+        if (copy_name(a->name, sizeof a->name, arms[i].arm_name, 0)) {
+            free_op(o);
+            return BD_ERR_INVALID;
+        }
+        a->st = arms[i];
+        a->st.arm_name = NULL;
+        a->st.A = a->st.b = NULL;
+        a->A = malloc(d * d * 8);
+        a->b = malloc(d * 8);
+        if (!a->A || !a->b) {
+            free_op(o);
+            return BD_ERR_NOMEM;
+        }
+        enc_doubles(a->A, arms[i].A, d * d);
+        enc_doubles(a->b, arms[i].b, d);
+    }
+    return enqueue_or_free(s, o);
+}
+
+int store_purge_expired(store *s, double now_s, double ttl_s)
+{
+    if (!isfinite(now_s) || !isfinite(ttl_s))
+        return BD_ERR_INVALID;
+    struct op *o = op_new(OP_PURGE, 0, NULL, NULL);
+    if (!o)
+        return BD_ERR_NOMEM;
+    o->t1 = now_s - ttl_s;
+    return enqueue_or_free(s, o);
+}
+
+/* ---------- synchronous reads ---------- */
+
+/* Decode a blob of exactly n doubles into out. */
+static int get_doubles(sqlite3_stmt *st, int col, double *out, size_t n)
+{
+    const void *p = sqlite3_column_blob(st, col);
+    size_t len = (size_t)sqlite3_column_bytes(st, col);
+    if (len != n * 8 || (!p && n))
+        return BD_ERR_CORRUPT;
+    dec_doubles(out, p, n);
+    return 0;
+}
+
+static const char *col_text(sqlite3_stmt *st, int col)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    return t ? (const char *)t : "";
+}
+
+int store_load_decisions(store *s, double now_s, double ttl_s,
+                         int (*cb)(const struct store_decision *d, void *ud), void *ud)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(
+        s->rdb,
+        "SELECT id, completion_id, arm_name, x, w_q, w_c, w_l, created_s, cost_usd, latency_ms,"
+        " client FROM decisions d WHERE created_s >= ? AND NOT EXISTS"
+        " (SELECT 1 FROM feedback f WHERE f.request_id = d.id) ORDER BY created_s, rowid",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return map_sqlite(rc);
+    double *x = malloc((size_t)s->dim * sizeof *x);
+    int r = x ? 0 : BD_ERR_NOMEM;
+    sqlite3_bind_double(st, 1, now_s - ttl_s);
+    while (!r && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if ((r = get_doubles(st, 3, x, (size_t)s->dim)))
+            break;
+        struct store_decision d = {
+            .id = col_text(st, 0),
+            .completion_id = col_text(st, 1),
+            .arm_name = col_text(st, 2),
+            .x = x,
+            .w = {sqlite3_column_double(st, 4), sqlite3_column_double(st, 5),
+                  sqlite3_column_double(st, 6)},
+            .created_s = sqlite3_column_double(st, 7),
+            .cost_usd = sqlite3_column_double(st, 8),
+            .latency_ms = sqlite3_column_double(st, 9),
+            .client = (uint64_t)sqlite3_column_int64(st, 10),
+        };
+        r = cb(&d, ud);
+    }
+    if (!r && rc != SQLITE_DONE)
+        r = map_sqlite(rc);
+    sqlite3_finalize(st);
+    free(x);
+    return r;
+}
+
+int store_load_model(store *s, int (*cb)(const struct store_arm_state *a, void *ud), void *ud)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(
+        s->rdb,
+        "SELECT arm_name, dim, A, b, n, feedback_seq, pulls, feedback, reward_sum,"
+        " exp_completion_tokens, latency_ms, ttfb_ms, usage_obs, taken_at FROM arm_stats s"
+        " WHERE id = (SELECT max(id) FROM arm_stats t WHERE t.arm_name = s.arm_name)"
+        " ORDER BY arm_name",
+        -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return map_sqlite(rc);
+    size_t d = (size_t)s->dim;
+    double *A = malloc(d * d * sizeof *A), *b = malloc(d * sizeof *b);
+    int r = A && b ? 0 : BD_ERR_NOMEM;
+    while (!r && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (sqlite3_column_int(st, 1) != s->dim) {
+            r = BD_ERR_CORRUPT;
+            break;
+        }
+        if ((r = get_doubles(st, 2, A, d * d)) || (r = get_doubles(st, 3, b, d)))
+            break;
+        struct store_arm_state a = {
+            .arm_name = col_text(st, 0),
+            .A = A,
+            .b = b,
+            .n = (uint64_t)sqlite3_column_int64(st, 4),
+            .feedback_seq = sqlite3_column_int64(st, 5),
+            .pulls = (uint64_t)sqlite3_column_int64(st, 6),
+            .feedback = (uint64_t)sqlite3_column_int64(st, 7),
+            .reward_sum = sqlite3_column_double(st, 8),
+            .exp_completion_tokens = sqlite3_column_double(st, 9),
+            .latency_ms = sqlite3_column_double(st, 10),
+            .ttfb_ms = sqlite3_column_double(st, 11),
+            .usage_obs = (uint64_t)sqlite3_column_int64(st, 12),
+            .taken_at = sqlite3_column_double(st, 13),
+        };
+        r = cb(&a, ud);
+    }
+    if (!r && rc != SQLITE_DONE)
+        r = map_sqlite(rc);
+    sqlite3_finalize(st);
+    free(A);
+    free(b);
+    return r;
+}
+
+int store_load_feedback_after(store *s, const char *arm_name, int64_t after_seq,
+                              int (*cb)(const struct store_feedback *f, void *ud), void *ud)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->rdb,
+                                arm_name ? "SELECT seq, request_id, arm_name, x, reward, at_s FROM "
+                                           "feedback WHERE seq > ?1 AND arm_name = ?2 ORDER BY seq"
+                                         : "SELECT seq, request_id, arm_name, x, reward, at_s FROM "
+                                           "feedback WHERE seq > ?1 ORDER BY seq",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return map_sqlite(rc);
+    sqlite3_bind_int64(st, 1, after_seq);
+    if (arm_name)
+        sqlite3_bind_text(st, 2, arm_name, -1, SQLITE_STATIC);
+    double *x = malloc((size_t)s->dim * sizeof *x);
+    int r = x ? 0 : BD_ERR_NOMEM;
+    while (!r && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if ((r = get_doubles(st, 3, x, (size_t)s->dim)))
+            break;
+        struct store_feedback f = {
+            .seq = sqlite3_column_int64(st, 0),
+            .request_id = col_text(st, 1),
+            .arm_name = col_text(st, 2),
+            .x = x,
+            .reward = sqlite3_column_double(st, 4),
+            .at_s = sqlite3_column_double(st, 5),
+        };
+        r = cb(&f, ud);
+    }
+    if (!r && rc != SQLITE_DONE)
+        r = map_sqlite(rc);
+    sqlite3_finalize(st);
+    free(x);
+    return r;
+}
+
+/* ---------- export ---------- */
+
+/* cJSON prints doubles with 15 significant digits unless that is "close
+ * enough" (within an epsilon), so it may lose the last bits: print numbers
+ * ourselves with %.17g, which round-trips exactly. Non-finite → null. */
+static void fmt_num(char *out, size_t outlen, double v)
+{
+    if (isfinite(v))
+        snprintf(out, outlen, "%.17g", v);
+    else
+        snprintf(out, outlen, "null");
+}
+
+static int add_num(cJSON *o, const char *name, double v)
+{
+    char num[40];
+    fmt_num(num, sizeof num, v);
+    return cJSON_AddRawToObject(o, name, num) != NULL;
+}
+
+static cJSON *x_array(sqlite3_stmt *st, int col, int dim, double *buf)
+{
+    if (get_doubles(st, col, buf, (size_t)dim))
+        return NULL;
+    size_t cap = (size_t)dim * 26 + 3, len = 0;
+    char *text = malloc(cap);
+    if (!text)
+        return NULL;
+    text[len++] = '[';
+    for (int i = 0; i < dim; i++) {
+        char num[40];
+        fmt_num(num, sizeof num, buf[i]);
+        len += (size_t)snprintf(text + len, cap - len, "%s%s", i ? "," : "", num);
+    }
+    text[len++] = ']';
+    text[len] = '\0';
+    assert(len < cap);
+    cJSON *raw = cJSON_CreateRaw(text);
+    free(text);
+    return raw;
+}
+
+static int emit_line(cJSON *obj, FILE *out)
+{
+    char *line = cJSON_PrintUnformatted(obj);
+    cJSON_Delete(obj);
+    if (!line)
+        return BD_ERR_NOMEM;
+    int bad = fputs(line, out) == EOF || fputc('\n', out) == EOF;
+    cJSON_free(line);
+    return bad ? BD_ERR_IO : 0;
+}
+
+static int export_rows(sqlite3 *db, FILE *out, int dim, int feedback, char *err, size_t errlen)
+{
+    const char *sql =
+        feedback ? "SELECT seq, request_id, arm_name, x, reward, at_s FROM feedback ORDER BY seq"
+                 : "SELECT id, completion_id, arm_name, x, w_q, w_c, w_l, created_s, cost_usd,"
+                   " latency_ms, client FROM decisions ORDER BY created_s, rowid";
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "export: %s", sqlite3_errmsg(db));
+        return map_sqlite(rc) == BD_ERR_IO ? BD_ERR_CORRUPT : map_sqlite(rc);
+    }
+    double *buf = malloc((size_t)dim * sizeof *buf);
+    int r = buf ? 0 : BD_ERR_NOMEM;
+    while (!r && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON *x = x_array(st, 3, dim, buf);
+        if (!o || !x) {
+            r = !x && o ? BD_ERR_CORRUPT : BD_ERR_NOMEM;
+            set_err(err, errlen, "export: bad row (features blob of the wrong size?)");
+            cJSON_Delete(o);
+            cJSON_Delete(x);
+            break;
+        }
+        int ok = 1;
+        if (feedback) {
+            ok &= cJSON_AddStringToObject(o, "type", "feedback") != NULL;
+            ok &= add_num(o, "seq", (double)sqlite3_column_int64(st, 0));
+            ok &= cJSON_AddStringToObject(o, "request_id", col_text(st, 1)) != NULL;
+            ok &= cJSON_AddStringToObject(o, "arm", col_text(st, 2)) != NULL;
+            ok &= add_num(o, "reward", sqlite3_column_double(st, 4));
+            ok &= add_num(o, "at_s", sqlite3_column_double(st, 5));
+        } else {
+            char client[24];
+            snprintf(client, sizeof client, "%016" PRIx64, (uint64_t)sqlite3_column_int64(st, 10));
+            ok &= cJSON_AddStringToObject(o, "type", "decision") != NULL;
+            ok &= cJSON_AddStringToObject(o, "id", col_text(st, 0)) != NULL;
+            if (sqlite3_column_type(st, 1) == SQLITE_NULL)
+                ok &= cJSON_AddNullToObject(o, "completion_id") != NULL;
+            else
+                ok &= cJSON_AddStringToObject(o, "completion_id", col_text(st, 1)) != NULL;
+            ok &= cJSON_AddStringToObject(o, "arm", col_text(st, 2)) != NULL;
+            cJSON *w = cJSON_AddObjectToObject(o, "w");
+            ok &= w != NULL;
+            if (w) {
+                ok &= add_num(w, "quality", sqlite3_column_double(st, 4));
+                ok &= add_num(w, "cost", sqlite3_column_double(st, 5));
+                ok &= add_num(w, "latency", sqlite3_column_double(st, 6));
+            }
+            ok &= add_num(o, "created_s", sqlite3_column_double(st, 7));
+            ok &= add_num(o, "cost_usd", sqlite3_column_double(st, 8));
+            ok &= add_num(o, "latency_ms", sqlite3_column_double(st, 9));
+            ok &= cJSON_AddStringToObject(o, "client", client) != NULL;
+        }
+        ok &= cJSON_AddItemToObject(o, "x", x) != 0;
+        if (!ok) {
+            cJSON_Delete(o);
+            r = BD_ERR_NOMEM;
+            break;
+        }
+        r = emit_line(o, out);
+        if (r)
+            set_err(err, errlen, "export: %s", r == BD_ERR_IO ? "write failed" : "out of memory");
+    }
+    if (!r && rc != SQLITE_DONE) {
+        set_err(err, errlen, "export: %s", sqlite3_errmsg(db));
+        r = map_sqlite(rc);
+    }
+    sqlite3_finalize(st);
+    free(buf);
+    return r;
+}
+
+int store_export(const char *path, FILE *out, char *err, size_t errlen)
+{
+    if (!path || !out) {
+        set_err(err, errlen, "export: no path or output");
+        return BD_ERR_INVALID;
+    }
+    struct stat stt;
+    if (stat(path, &stt) != 0) {
+        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        return errno == ENOENT ? BD_ERR_NOTFOUND : BD_ERR_IO;
+    }
+    sqlite3 *db = NULL;
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
+    int r = 0;
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: cannot open read-only: %s", path,
+                db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        sqlite3_close(db);
+        return BD_ERR_IO;
+    }
+    sqlite3_busy_timeout(db, STORE_BUSY_TIMEOUT_MS);
+    char v[64];
+    rc = query_text(db, "PRAGMA application_id", v, sizeof v);
+    if (rc != SQLITE_OK || atol(v) != STORE_APP_ID) {
+        set_err(err, errlen, "%s: not a banditd database", path);
+        r = BD_ERR_CORRUPT;
+        goto out;
+    }
+    /* One read transaction: a consistent view while a daemon keeps writing. */
+    if ((r = exec_sql(db, "BEGIN", err, errlen)))
+        goto out;
+    int dim = 0, ver = 0;
+    if (query_text(db, "SELECT value FROM meta WHERE key='dim'", v, sizeof v) == SQLITE_OK)
+        dim = atoi(v);
+    if (query_text(db, "SELECT value FROM meta WHERE key='schema_version'", v, sizeof v) ==
+        SQLITE_OK)
+        ver = atoi(v);
+    if (dim < 1 || dim > STORE_MAX_DIM || ver < 1) {
+        set_err(err, errlen, "%s: banditd database without valid meta", path);
+        r = BD_ERR_CORRUPT;
+        goto out;
+    }
+    char created[64] = "";
+    query_text(db, "SELECT value FROM meta WHERE key='created'", created, sizeof created);
+    cJSON *m = cJSON_CreateObject();
+    if (!m || !cJSON_AddStringToObject(m, "type", "meta") ||
+        !cJSON_AddNumberToObject(m, "schema_version", ver) ||
+        !cJSON_AddNumberToObject(m, "dim", dim) ||
+        !cJSON_AddStringToObject(m, "created", created)) {
+        cJSON_Delete(m);
+        r = BD_ERR_NOMEM;
+        goto out;
+    }
+    if ((r = emit_line(m, out)) || (r = export_rows(db, out, dim, 0, err, errlen)) ||
+        (r = export_rows(db, out, dim, 1, err, errlen)))
+        goto out;
+    if (fflush(out) != 0) {
+        set_err(err, errlen, "export: write failed: %s", strerror(errno));
+        r = BD_ERR_IO;
+    }
+out:
+    sqlite3_close(db); /* ends the read transaction */
+    return r;
+}

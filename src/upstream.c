@@ -1,0 +1,408 @@
+/* upstream — forwarding through libcurl's multi interface (see upstream.h). */
+#include "banditd/upstream.h"
+#include "banditd/err.h"
+#include "banditd/util.h"
+
+#include <assert.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#define UPSTREAM_MAX_EVENTS 512
+
+struct upstream_call {
+    upstream *u;
+    CURL *easy;
+    struct curl_slist *headers;
+    struct upstream_cbs cb;
+    void *ud;
+    long status;           /* status of the latest status line */
+    char content_type[128];
+    int headers_done;
+    double t_start_ms;
+    double t_first_byte_ms; /* <0 until the first body byte */
+    struct upstream_call *prev, *next;
+};
+
+/* Socket-driven multi interface: curl tells us (SOCKETFUNCTION) which sockets
+ * to watch and when to call back (TIMERFUNCTION); we watch them in our own
+ * epoll set together with the caller's extra fd (MHD's epoll fd) and an
+ * eventfd for wakeups, and hand curl only the sockets that fired. Each loop
+ * iteration thus costs O(active sockets), not O(transfers): with
+ * curl_multi_perform every running transfer would be polled on every pass. */
+struct upstream {
+    CURLM *multi;
+    struct upstream_call *calls; /* live calls, doubly linked */
+    size_t n_calls;
+    int epfd;                    /* curl's sockets + extra fd + wakefd */
+    int wakefd;                  /* eventfd */
+    int extra_fd;                /* registered extra fd, -1 none */
+    double timer_deadline_ms;    /* curl's timer, <0 none */
+    struct epoll_event ev[UPSTREAM_MAX_EVENTS];
+    int n_ev;                    /* events from the last upstream_poll */
+};
+
+static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    (void)easy;
+    (void)socketp;
+    upstream *u = userp;
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(u->epfd, EPOLL_CTL_DEL, s, NULL); /* may already be closed: fine */
+        return 0;
+    }
+    struct epoll_event e = {0};
+    e.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
+    e.data.fd = s;
+    if (epoll_ctl(u->epfd, EPOLL_CTL_MOD, s, &e) != 0 &&
+        epoll_ctl(u->epfd, EPOLL_CTL_ADD, s, &e) != 0)
+        return -1;
+    return 0;
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    (void)multi;
+    upstream *u = userp;
+    u->timer_deadline_ms = timeout_ms < 0 ? -1.0 : util_now_ms() + (double)timeout_ms;
+    return 0;
+}
+
+upstream *upstream_create(long max_total, long max_host)
+{
+    upstream *u = calloc(1, sizeof *u);
+    if (!u)
+        return NULL;
+    u->extra_fd = -1;
+    u->timer_deadline_ms = -1;
+    u->epfd = epoll_create1(EPOLL_CLOEXEC);
+    u->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    u->multi = curl_multi_init();
+    struct epoll_event we = {.events = EPOLLIN, .data.fd = u->wakefd};
+    if (!u->multi || u->epfd < 0 || u->wakefd < 0 ||
+        epoll_ctl(u->epfd, EPOLL_CTL_ADD, u->wakefd, &we) != 0) {
+        if (u->multi)
+            curl_multi_cleanup(u->multi);
+        if (u->epfd >= 0)
+            close(u->epfd);
+        if (u->wakefd >= 0)
+            close(u->wakefd);
+        free(u);
+        return NULL;
+    }
+    curl_multi_setopt(u->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+    curl_multi_setopt(u->multi, CURLMOPT_SOCKETDATA, u);
+    curl_multi_setopt(u->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(u->multi, CURLMOPT_TIMERDATA, u);
+    curl_multi_setopt(u->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, max_total < 0 ? 0L : max_total);
+    curl_multi_setopt(u->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host < 0 ? 0L : max_host);
+    /* Keep enough idle connections cached for reuse under load. */
+    curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    return u;
+}
+
+static void call_unlink(upstream *u, upstream_call *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        u->calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    assert(u->n_calls > 0);
+    u->n_calls--;
+}
+
+static void call_free(upstream *u, upstream_call *c)
+{
+    call_unlink(u, c);
+    curl_multi_remove_handle(u->multi, c->easy);
+    curl_easy_cleanup(c->easy);
+    curl_slist_free_all(c->headers);
+    free(c);
+}
+
+void upstream_destroy(upstream *u)
+{
+    if (!u)
+        return;
+    while (u->calls)
+        call_free(u, u->calls);
+    curl_multi_cleanup(u->multi);
+    close(u->epfd);
+    close(u->wakefd);
+    free(u);
+}
+
+static size_t header_cb(char *data, size_t size, size_t nmemb, void *p)
+{
+    upstream_call *c = p;
+    size_t len = size * nmemb;
+    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+        /* A new status line (there may be 1xx interim responses first). */
+        const char *sp = memchr(data, ' ', len);
+        c->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+        c->content_type[0] = '\0';
+        return len;
+    }
+    static const char ct[] = "content-type:";
+    if (len > sizeof ct - 1 && strncasecmp(data, ct, sizeof ct - 1) == 0) {
+        size_t i = sizeof ct - 1;
+        while (i < len && (data[i] == ' ' || data[i] == '\t'))
+            i++;
+        size_t j = len;
+        while (j > i && isspace((unsigned char)data[j - 1]))
+            j--;
+        size_t n = j - i;
+        if (n >= sizeof c->content_type)
+            n = sizeof c->content_type - 1;
+        memcpy(c->content_type, data + i, n);
+        c->content_type[n] = '\0';
+        return len;
+    }
+    if ((len == 2 && data[0] == '\r' && data[1] == '\n') || (len == 1 && data[0] == '\n')) {
+        /* End of a header block; 1xx blocks are followed by the real one. */
+        if (c->status >= 200 && !c->headers_done) {
+            c->headers_done = 1;
+            if (c->cb.on_headers)
+                c->cb.on_headers(c->ud, c->status, c->content_type);
+        }
+    }
+    return len;
+}
+
+static size_t write_cb(char *data, size_t size, size_t nmemb, void *p)
+{
+    upstream_call *c = p;
+    size_t len = size * nmemb;
+    if (c->t_first_byte_ms < 0 && len > 0)
+        c->t_first_byte_ms = util_now_ms();
+    if (!c->headers_done) {
+        /* HTTP/0.9 or a server that sends no blank line: report what we have. */
+        c->headers_done = 1;
+        if (c->cb.on_headers)
+            c->cb.on_headers(c->ud, c->status, c->content_type);
+    }
+    size_t r = c->cb.on_data(c->ud, data, len);
+    if (r == UPSTREAM_PAUSE)
+        return CURL_WRITEFUNC_PAUSE;
+    return r;
+}
+
+int upstream_start(upstream *u, const struct upstream_req *rq, const struct upstream_cbs *cb,
+                   void *ud, upstream_call **out)
+{
+    assert(u && rq && rq->url && cb && cb->on_data && cb->on_done && out);
+    upstream_call *c = calloc(1, sizeof *c);
+    if (!c)
+        return BD_ERR_NOMEM;
+    c->u = u;
+    c->cb = *cb;
+    c->ud = ud;
+    c->t_first_byte_ms = -1;
+    c->easy = curl_easy_init();
+    if (!c->easy) {
+        free(c);
+        return BD_ERR_NOMEM;
+    }
+    struct curl_slist *h = NULL, *t;
+    const char *hdrs[] = {"Content-Type: application/json",
+                          rq->stream ? "Accept: text/event-stream" : "Accept: application/json",
+                          "Expect:"};
+    for (size_t i = 0; i < sizeof hdrs / sizeof hdrs[0]; i++) {
+        t = curl_slist_append(h, hdrs[i]);
+        if (!t)
+            goto nomem;
+        h = t;
+    }
+    if (rq->api_key && rq->api_key[0]) {
+        struct util_buf ab;
+        util_buf_init(&ab, 8192);
+        if (util_buf_printf(&ab, "Authorization: Bearer %s", rq->api_key) != 0) {
+            util_buf_free(&ab);
+            goto nomem;
+        }
+        t = curl_slist_append(h, ab.data);
+        /* Scrub the key from our temporary copy. */
+        memset(ab.data, 0, ab.len);
+        util_buf_free(&ab);
+        if (!t)
+            goto nomem;
+        h = t;
+    }
+    c->headers = h;
+    CURL *e = c->easy;
+    int bad = 0;
+    bad |= curl_easy_setopt(e, CURLOPT_URL, rq->url) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, rq->connect_timeout_ms) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, rq->timeout_ms) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_POST, 1L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->body) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->body_len) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_HEADERDATA, c) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_WRITEDATA, c) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_PRIVATE, c) != CURLE_OK;
+    /* Relay bytes exactly as sent: no transparent decoding. */
+    bad |= curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK;
+    if (bad)
+        goto refused;
+    c->t_start_ms = util_now_ms();
+    c->next = u->calls;
+    if (u->calls)
+        u->calls->prev = c;
+    u->calls = c;
+    u->n_calls++;
+    if (curl_multi_add_handle(u->multi, e) != CURLM_OK) {
+        call_unlink(u, c);
+        goto refused;
+    }
+    *out = c;
+    return BD_OK;
+nomem:
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c->easy);
+    free(c);
+    return BD_ERR_NOMEM;
+refused:
+    curl_slist_free_all(c->headers);
+    curl_easy_cleanup(c->easy);
+    free(c);
+    return BD_ERR_UPSTREAM;
+}
+
+void upstream_cancel(upstream *u, upstream_call *c)
+{
+    if (c)
+        call_free(u, c);
+}
+
+void upstream_resume(upstream_call *c)
+{
+    curl_easy_pause(c->easy, CURLPAUSE_CONT);
+}
+
+double upstream_ttfb_ms(const upstream_call *c)
+{
+    return c->t_first_byte_ms < 0 ? -1.0 : c->t_first_byte_ms - c->t_start_ms;
+}
+
+int upstream_poll(upstream *u, int extra_fd, int timeout_ms)
+{
+    if (extra_fd != u->extra_fd) {
+        if (u->extra_fd >= 0)
+            epoll_ctl(u->epfd, EPOLL_CTL_DEL, u->extra_fd, NULL);
+        u->extra_fd = -1;
+        if (extra_fd >= 0) {
+            struct epoll_event e = {.events = EPOLLIN, .data.fd = extra_fd};
+            if (epoll_ctl(u->epfd, EPOLL_CTL_ADD, extra_fd, &e) != 0)
+                return BD_ERR_IO;
+            u->extra_fd = extra_fd;
+        }
+    }
+    if (timeout_ms < 0)
+        timeout_ms = 0;
+    int n = epoll_wait(u->epfd, u->ev, UPSTREAM_MAX_EVENTS, timeout_ms);
+    if (n < 0) {
+        u->n_ev = 0;
+        return errno == EINTR ? BD_OK : BD_ERR_IO;
+    }
+    u->n_ev = n;
+    return BD_OK;
+}
+
+static void drain_done(upstream *u)
+{
+    CURLMsg *m;
+    int left = 0;
+    while ((m = curl_multi_info_read(u->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        upstream_call *c = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&c);
+        assert(c && c->easy == m->easy_handle);
+        CURLcode res = m->data.result;
+        int result = BD_OK;
+        const char *msg = "ok";
+        if (res == CURLE_OPERATION_TIMEDOUT) {
+            result = BD_ERR_TIMEOUT;
+            msg = "upstream timed out";
+        } else if (res != CURLE_OK) {
+            result = BD_ERR_UPSTREAM;
+            msg = curl_easy_strerror(res);
+        }
+        if (result == BD_OK && !c->headers_done) {
+            c->headers_done = 1;
+            if (c->cb.on_headers)
+                c->cb.on_headers(c->ud, c->status, c->content_type);
+        }
+        struct upstream_cbs cb = c->cb;
+        void *ud = c->ud;
+        /* Free first: on_done may start a new call or free its owner. */
+        call_free(u, c);
+        cb.on_done(ud, result, msg);
+    }
+}
+
+int upstream_perform(upstream *u)
+{
+    int running = 0;
+    for (int i = 0; i < u->n_ev; i++) {
+        int fd = u->ev[i].data.fd;
+        uint32_t ev = u->ev[i].events;
+        if (fd == u->extra_fd)
+            continue;
+        if (fd == u->wakefd) {
+            uint64_t v;
+            while (read(u->wakefd, &v, sizeof v) > 0) {
+            }
+            continue;
+        }
+        int mask = (ev & EPOLLIN ? CURL_CSELECT_IN : 0) | (ev & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                   (ev & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+        if (curl_multi_socket_action(u->multi, fd, mask, &running) != CURLM_OK)
+            return BD_ERR_IO;
+    }
+    u->n_ev = 0;
+    if (u->timer_deadline_ms >= 0 && util_now_ms() >= u->timer_deadline_ms) {
+        u->timer_deadline_ms = -1; /* curl re-arms it from inside socket_action */
+        if (curl_multi_socket_action(u->multi, CURL_SOCKET_TIMEOUT, 0, &running) != CURLM_OK)
+            return BD_ERR_IO;
+    }
+    drain_done(u);
+    return BD_OK;
+}
+
+long upstream_timeout_ms(upstream *u)
+{
+    if (u->timer_deadline_ms < 0)
+        return -1;
+    double left = u->timer_deadline_ms - util_now_ms();
+    return left <= 0 ? 0 : (long)left + 1;
+}
+
+void upstream_wakeup(upstream *u)
+{
+    uint64_t one = 1;
+    ssize_t w = write(u->wakefd, &one, sizeof one); /* async-signal-safe */
+    (void)w;
+}
+
+size_t upstream_inflight(const upstream *u)
+{
+    return u->n_calls;
+}

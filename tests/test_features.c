@@ -1,0 +1,290 @@
+/* Unit tests for features: determinism, shape, equivalences, odd input. */
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "banditd/err.h"
+#include "banditd/features.h"
+
+#define D 256
+
+static double norm2(const double *x, int d)
+{
+    double s = 0.0;
+    for (int i = 0; i < d; i++)
+        s += x[i] * x[i];
+    return sqrt(s);
+}
+
+static double cosine(const double *a, const double *b, int d)
+{
+    double s = 0.0;
+    for (int i = 0; i < d; i++)
+        s += a[i] * b[i];
+    return s / (norm2(a, d) * norm2(b, d));
+}
+
+static void check_shape(const double *x, int d)
+{
+    for (int i = 0; i < d; i++)
+        ck_assert_msg(isfinite(x[i]), "x[%d] not finite", i);
+    ck_assert_double_eq_tol(norm2(x, d), 1.0, 1e-12);
+    ck_assert_double_gt(x[0], 0.0);
+}
+
+static int from_json(const char *json, double *x, int d)
+{
+    cJSON *req = cJSON_Parse(json);
+    ck_assert_ptr_nonnull(req);
+    int rc = features_from_request(req, x, d);
+    cJSON_Delete(req);
+    return rc;
+}
+
+START_TEST(test_deterministic_and_shape)
+{
+    double a[D], b[D];
+    const char *p = "Explain the difference between TCP and UDP. Give 3 examples?";
+    ck_assert_int_eq(features_from_prompt(p, a, D), BD_OK);
+    ck_assert_int_eq(features_from_prompt(p, b, D), BD_OK);
+    ck_assert_mem_eq(a, b, sizeof(a));
+    check_shape(a, D);
+    /* hashed slots are populated, not just the dense ones */
+    int nz = 0;
+    for (int i = 1 + FEATURES_N_DENSE; i < D; i++)
+        nz += a[i] != 0.0;
+    ck_assert_int_gt(nz, 20);
+}
+END_TEST
+
+START_TEST(test_prompt_equals_request)
+{
+    const char *prompts[] = {"", "hi", "What is 2+2?\nShow `code`:\n```py\nprint(1)\n```",
+                             "Ünïcödé wörds — and émojis 😀 too", "a\tb  c\r\nd"};
+    for (size_t k = 0; k < sizeof(prompts) / sizeof(prompts[0]); k++) {
+        for (int d = FEATURES_MIN_DIM; d <= 1024; d *= 4) {
+            double a[1024], b[1024];
+            cJSON *req = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(req, "messages");
+            cJSON *m = cJSON_CreateObject();
+            cJSON_AddStringToObject(m, "role", "user");
+            cJSON_AddStringToObject(m, "content", prompts[k]);
+            cJSON_AddItemToArray(msgs, m);
+            ck_assert_int_eq(features_from_prompt(prompts[k], a, d), BD_OK);
+            ck_assert_int_eq(features_from_request(req, b, d), BD_OK);
+            ck_assert_mem_eq(a, b, sizeof(double) * d);
+            check_shape(a, d);
+            cJSON_Delete(req);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_array_parts_equal_string)
+{
+    double a[D], b[D];
+    ck_assert_int_eq(from_json("{\"messages\":[{\"role\":\"user\",\"content\":\"sort a list in "
+                               "python\"}]}",
+                               a, D),
+                     BD_OK);
+    ck_assert_int_eq(from_json("{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                               "\"text\",\"text\":\"sort a list in python\"},{\"type\":"
+                               "\"image_url\",\"image_url\":{\"url\":\"http://x/y.png\"}}]}]}",
+                               b, D),
+                     BD_OK);
+    ck_assert_mem_eq(a, b, sizeof(a));
+}
+END_TEST
+
+START_TEST(test_different_prompts_differ)
+{
+    double a[D], b[D], c[D];
+    features_from_prompt("How do I sort a list of numbers in Python?", a, D);
+    features_from_prompt("How do I sort a list of strings in Python quickly?", b, D);
+    features_from_prompt("Write a short poem about the autumn sea.", c, D);
+    ck_assert(memcmp(a, b, sizeof(a)) != 0);
+    ck_assert(memcmp(a, c, sizeof(a)) != 0);
+    /* shared words and n-grams make related prompts closer */
+    ck_assert_double_gt(cosine(a, b, D), cosine(a, c, D) + 0.1);
+    ck_assert_double_lt(cosine(a, c, D), 0.9);
+}
+END_TEST
+
+START_TEST(test_case_insensitive)
+{
+    double a[D], b[D];
+    features_from_prompt("Hello World, HOW are you?", a, D);
+    features_from_prompt("hello world, how are you?", b, D);
+    ck_assert_mem_eq(a, b, sizeof(a));
+}
+END_TEST
+
+START_TEST(test_only_user_text_is_hashed)
+{
+    double a[D], b[D];
+    /* the assistant's words do not enter the vector (only its turn count) */
+    from_json("{\"messages\":[{\"role\":\"user\",\"content\":\"tell me a joke\"},"
+              "{\"role\":\"assistant\",\"content\":\"why did the chicken\"},"
+              "{\"role\":\"user\",\"content\":\"another\"}]}",
+              a, D);
+    from_json("{\"messages\":[{\"role\":\"user\",\"content\":\"tell me a joke\"},"
+              "{\"role\":\"assistant\",\"content\":\"something else entirely\"},"
+              "{\"role\":\"user\",\"content\":\"another\"}]}",
+              b, D);
+    ck_assert_mem_eq(a, b, sizeof(a));
+    /* a different user turn changes it */
+    from_json("{\"messages\":[{\"role\":\"user\",\"content\":\"tell me a joke\"},"
+              "{\"role\":\"assistant\",\"content\":\"why did the chicken\"},"
+              "{\"role\":\"user\",\"content\":\"explain it\"}]}",
+              b, D);
+    ck_assert(memcmp(a, b, sizeof(a)) != 0);
+}
+END_TEST
+
+START_TEST(test_dense_cues_change_vector)
+{
+    double base[D], v[D];
+    const char *u = "{\"role\":\"user\",\"content\":\"summarise this\"}";
+    char buf[512];
+    snprintf(buf, sizeof(buf), "{\"messages\":[%s]}", u);
+    from_json(buf, base, D);
+    /* each variant: text before and after the user message */
+    const char *variants[][2] = {
+        {"{\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},", "]}"},
+        {"{\"messages\":[", "],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}"},
+        {"{\"messages\":[", "],\"max_tokens\":100}"},
+        {"{\"messages\":[", "],\"max_completion_tokens\":100}"},
+    };
+    for (size_t k = 0; k < sizeof(variants) / sizeof(variants[0]); k++) {
+        snprintf(buf, sizeof(buf), "%s%s%s", variants[k][0], u, variants[k][1]);
+        ck_assert_int_eq(from_json(buf, v, D), BD_OK);
+        check_shape(v, D);
+        ck_assert_msg(memcmp(base, v, sizeof(v)) != 0, "variant %zu did not change x", k);
+        /* the hashed text part keeps its direction */
+        ck_assert_double_gt(cosine(base, v, D), 0.5);
+    }
+    /* an empty tools array is no tools */
+    snprintf(buf, sizeof(buf), "{\"messages\":[%s],\"tools\":[]}", u);
+    from_json(buf, v, D);
+    ck_assert_mem_eq(base, v, sizeof(v));
+}
+END_TEST
+
+START_TEST(test_odd_input_is_safe)
+{
+    double x[D];
+    /* invalid UTF-8, control bytes, lone continuation bytes, only punctuation */
+    const char *odd[] = {"\xff\xfe\xfd", "\x80\x80\x80\x80 abc \xc3", "\x01\x02\x03\x7f",
+                         "?!?!...;;;", "```", "``````````", "   \t\n  ", "x"};
+    for (size_t k = 0; k < sizeof(odd) / sizeof(odd[0]); k++) {
+        ck_assert_int_eq(features_from_prompt(odd[k], x, D), BD_OK);
+        check_shape(x, D);
+    }
+    /* odd JSON shapes: messages that are not objects, missing roles/content */
+    ck_assert_int_eq(from_json("{\"messages\":[1,\"x\",null,{},{\"role\":5},{\"role\":"
+                               "\"user\"},{\"role\":\"user\",\"content\":null},{\"role\":"
+                               "\"user\",\"content\":[1,{\"type\":\"text\"},{\"type\":"
+                               "\"text\",\"text\":7}]}]}",
+                               x, D),
+                     BD_OK);
+    check_shape(x, D);
+    ck_assert_int_eq(from_json("{\"messages\":[]}", x, D), BD_OK);
+    check_shape(x, D);
+}
+END_TEST
+
+START_TEST(test_text_cap)
+{
+    /* only the first 64 KiB of a message is read: a different tail after the
+     * cap does not change x */
+    size_t n = 64 * 1024;
+    char *a = malloc(n + 100), *b = malloc(n + 100);
+    ck_assert(a && b);
+    for (size_t i = 0; i < n; i++)
+        a[i] = b[i] = "lorem ipsum dolor sit amet "[i % 27];
+    strcpy(a + n, " completely different ending");
+    strcpy(b + n, " another tail 12345 ???");
+    double xa[D], xb[D];
+    features_from_prompt(a, xa, D);
+    features_from_prompt(b, xb, D);
+    ck_assert_mem_eq(xa, xb, sizeof(xa));
+    check_shape(xa, D);
+    /* ...but a difference inside the cap does */
+    b[10] = 'Q';
+    features_from_prompt(b, xb, D);
+    ck_assert(memcmp(xa, xb, sizeof(xa)) != 0);
+    free(a);
+    free(b);
+}
+END_TEST
+
+START_TEST(test_dim_range_and_errors)
+{
+    static double x[FEATURES_MAX_DIM + 1];
+    ck_assert_int_eq(features_from_prompt("hi", x, FEATURES_MIN_DIM - 1), BD_ERR_INVALID);
+    ck_assert_int_eq(features_from_prompt("hi", x, FEATURES_MAX_DIM + 1), BD_ERR_INVALID);
+    ck_assert_int_eq(features_from_prompt("hi", x, 0), BD_ERR_INVALID);
+    ck_assert_int_eq(features_from_prompt("hi", x, FEATURES_MIN_DIM), BD_OK);
+    check_shape(x, FEATURES_MIN_DIM);
+    ck_assert_int_eq(features_from_prompt("hi", x, FEATURES_MAX_DIM), BD_OK);
+    check_shape(x, FEATURES_MAX_DIM);
+    ck_assert_int_eq(features_from_prompt(NULL, x, D), BD_ERR_INVALID);
+    ck_assert_int_eq(from_json("{\"model\":\"auto\"}", x, D), BD_ERR_INVALID);
+    ck_assert_int_eq(from_json("{\"messages\":{}}", x, D), BD_ERR_INVALID);
+    ck_assert_int_eq(from_json("{\"messages\":\"hi\"}", x, D), BD_ERR_INVALID);
+    ck_assert_int_eq(from_json("[1,2]", x, D), BD_ERR_INVALID);
+    ck_assert_int_eq(features_from_request(NULL, x, D), BD_ERR_INVALID);
+}
+END_TEST
+
+/* The hash spreads n-grams over the slots: a long varied text touches most
+ * hashed slots, and the +/- signs are balanced. */
+START_TEST(test_hash_spread)
+{
+    char text[8192];
+    size_t o = 0;
+    for (int i = 0; i < 600 && o + 16 < sizeof(text); i++)
+        o += (size_t)snprintf(text + o, sizeof(text) - o, "w%dx%d ", i * 7919 % 1000, i % 13);
+    double x[D];
+    features_from_prompt(text, x, D);
+    int nz = 0, pos = 0;
+    for (int i = 1 + FEATURES_N_DENSE; i < D; i++) {
+        nz += x[i] != 0.0;
+        pos += x[i] > 0.0;
+    }
+    int slots = D - 1 - FEATURES_N_DENSE;
+    ck_assert_int_gt(nz, slots * 9 / 10);
+    ck_assert_int_gt(pos, nz / 3);
+    ck_assert_int_lt(pos, nz * 2 / 3);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("features");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, test_deterministic_and_shape);
+    tcase_add_test(tc, test_prompt_equals_request);
+    tcase_add_test(tc, test_array_parts_equal_string);
+    tcase_add_test(tc, test_different_prompts_differ);
+    tcase_add_test(tc, test_case_insensitive);
+    tcase_add_test(tc, test_only_user_text_is_hashed);
+    tcase_add_test(tc, test_dense_cues_change_vector);
+    tcase_add_test(tc, test_odd_input_is_safe);
+    tcase_add_test(tc, test_text_cap);
+    tcase_add_test(tc, test_dim_range_and_errors);
+    tcase_add_test(tc, test_hash_spread);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed != 0;
+}

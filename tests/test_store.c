@@ -1,0 +1,1071 @@
+/* Unit tests for the store module (SQLite persistence, writer thread). */
+#include <check.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "banditd/err.h"
+#include "banditd/store.h"
+
+#define DIM 8
+
+/* ---------- fixtures and helpers ---------- */
+
+static char g_dir[64];
+static char g_db[200];
+static int g_pipe[2] = {-1, -1};
+
+static void rm_rf(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "cleanup of %s failed\n", dir);
+}
+
+static void setup(void)
+{
+    snprintf(g_dir, sizeof g_dir, "/tmp/test_store.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(g_dir));
+    snprintf(g_db, sizeof g_db, "%s/state.db", g_dir);
+    ck_assert_int_eq(pipe2(g_pipe, O_NONBLOCK | O_CLOEXEC), 0);
+}
+
+static void teardown(void)
+{
+    rm_rf(g_dir);
+    close(g_pipe[0]);
+    close(g_pipe[1]);
+}
+
+/* The wake function: runs on the writer thread; signals the "loop" via a pipe. */
+static void wake_pipe(void *ud)
+{
+    int fd = *(int *)ud;
+    char c = 1;
+    ssize_t w = write(fd, &c, 1); /* a full pipe is fine: a wake is pending */
+    (void)w;
+}
+
+/* Wait up to ms for a wake; drains the pipe. Returns 1 when woken. */
+static int wait_wake(int ms)
+{
+    struct pollfd p = {.fd = g_pipe[0], .events = POLLIN};
+    int r = poll(&p, 1, ms);
+    if (r <= 0)
+        return 0;
+    char buf[256];
+    while (read(g_pipe[0], buf, sizeof buf) > 0) {
+    }
+    return 1;
+}
+
+static store *open_ok(int dim, size_t cap)
+{
+    store *s = NULL;
+    char err[512] = "";
+    int rc = store_open(g_db, dim, 0, wake_pipe, &g_pipe[1], cap, &s, err, sizeof err);
+    ck_assert_msg(rc == 0, "store_open: %d %s", rc, err);
+    ck_assert_ptr_nonnull(s);
+    return s;
+}
+
+/* Deterministic features: x_i = f(seed, i). */
+static void make_x(double *x, int dim, int seed)
+{
+    for (int i = 0; i < dim; i++)
+        x[i] = ((seed * 31 + i * 7) % 17 - 8) / 9.0 + seed * 1e-3;
+}
+
+struct ack {
+    int calls;
+    int rc;
+    int64_t seq;
+    pthread_t thread;
+};
+
+static void on_ack(int rc, int64_t seq, void *ud)
+{
+    struct ack *a = ud;
+    a->calls++;
+    a->rc = rc;
+    a->seq = seq;
+    a->thread = pthread_self();
+}
+
+static void drain(store *s)
+{
+    store_flush(s);
+    store_dispatch(s);
+}
+
+static long count_rows(const char *sql)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(g_db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    long n = (long)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    ck_assert_ptr_nonnull(buf);
+    ck_assert_int_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+static int exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* ---------- open / create / reopen ---------- */
+
+struct collected {
+    int n;
+    char ids[64][STORE_ID_MAX];
+    char arms[64][STORE_NAME_MAX];
+    double x[64][DIM];
+    double created[64];
+    double reward[64];
+    int64_t seq[64];
+    char completion[64][STORE_ID_MAX];
+    double cost[64];
+    uint64_t client[64];
+};
+
+static int collect_decision(const struct store_decision *d, void *ud)
+{
+    struct collected *c = ud;
+    ck_assert_int_lt(c->n, 64);
+    snprintf(c->ids[c->n], STORE_ID_MAX, "%s", d->id);
+    snprintf(c->arms[c->n], STORE_NAME_MAX, "%s", d->arm_name);
+    snprintf(c->completion[c->n], STORE_ID_MAX, "%s", d->completion_id);
+    memcpy(c->x[c->n], d->x, sizeof c->x[0]);
+    c->created[c->n] = d->created_s;
+    c->cost[c->n] = d->cost_usd;
+    c->client[c->n] = d->client;
+    c->n++;
+    return 0;
+}
+
+static int collect_feedback(const struct store_feedback *f, void *ud)
+{
+    struct collected *c = ud;
+    ck_assert_int_lt(c->n, 64);
+    snprintf(c->ids[c->n], STORE_ID_MAX, "%s", f->request_id);
+    snprintf(c->arms[c->n], STORE_NAME_MAX, "%s", f->arm_name);
+    memcpy(c->x[c->n], f->x, sizeof c->x[0]);
+    c->reward[c->n] = f->reward;
+    c->seq[c->n] = f->seq;
+    c->n++;
+    return 0;
+}
+
+static void put_decision(store *s, const char *id, const char *arm, int seed, double created)
+{
+    double x[DIM];
+    make_x(x, DIM, seed);
+    struct store_decision d = {.id = id,
+                               .arm_name = arm,
+                               .x = x,
+                               .w = {0.7, 0.3, 0.0},
+                               .created_s = created,
+                               .client = 0xfedcba9876543210ull};
+    ck_assert_int_eq(store_put_decision(s, &d, NULL, NULL), 0);
+}
+
+START_TEST(test_create_and_reopen)
+{
+    ck_assert(!exists(g_db));
+    store *s = open_ok(DIM, 64);
+    ck_assert(exists(g_db));
+    ck_assert_int_eq(store_dim(s), DIM);
+    put_decision(s, "d1", "cheap", 1, 1000.0);
+    put_decision(s, "d2", "strong", 2, 1001.0);
+    ck_assert_int_eq(store_complete_decision(s, "d2", "chatcmpl-2", 0.25, 120.0), 0);
+    double x[DIM];
+    make_x(x, DIM, 1);
+    struct ack a = {0};
+    ck_assert_int_eq(store_put_feedback(s, "d1", "cheap", x, DIM, 0.75, 1002.0, on_ack, &a), 0);
+    drain(s);
+    ck_assert_int_eq(a.calls, 1);
+    ck_assert_int_eq(a.rc, 0);
+    ck_assert_int_gt(a.seq, 0);
+    store_close(s);
+
+    s = open_ok(DIM, 64);
+    struct collected *c = calloc(1, sizeof *c);
+    /* d1 has feedback: only d2 is pending */
+    ck_assert_int_eq(store_load_decisions(s, 1010.0, 100.0, collect_decision, c), 0);
+    ck_assert_int_eq(c->n, 1);
+    ck_assert_str_eq(c->ids[0], "d2");
+    ck_assert_str_eq(c->arms[0], "strong");
+    ck_assert_str_eq(c->completion[0], "chatcmpl-2");
+    ck_assert(c->cost[0] == 0.25);
+    ck_assert(c->created[0] == 1001.0);
+    ck_assert(c->client[0] == 0xfedcba9876543210ull);
+    make_x(x, DIM, 2);
+    ck_assert_int_eq(memcmp(c->x[0], x, sizeof x), 0);
+
+    memset(c, 0, sizeof *c);
+    ck_assert_int_eq(store_load_feedback_after(s, NULL, 0, collect_feedback, c), 0);
+    ck_assert_int_eq(c->n, 1);
+    ck_assert_str_eq(c->ids[0], "d1");
+    ck_assert(c->reward[0] == 0.75);
+    ck_assert_int_eq(c->seq[0], a.seq);
+    make_x(x, DIM, 1);
+    ck_assert_int_eq(memcmp(c->x[0], x, sizeof x), 0);
+    free(c);
+    store_close(s);
+}
+END_TEST
+
+START_TEST(test_invalid_args)
+{
+    store *s = NULL;
+    char err[256];
+    ck_assert_int_eq(store_open(g_db, 0, 0, NULL, NULL, 8, &s, err, sizeof err), BD_ERR_INVALID);
+    ck_assert_int_eq(store_open(g_db, DIM, 0, NULL, NULL, 0, &s, err, sizeof err), BD_ERR_INVALID);
+    ck_assert_ptr_null(s);
+    s = open_ok(DIM, 8);
+    double x[DIM];
+    make_x(x, DIM, 3);
+    struct ack a = {0};
+    ck_assert_int_eq(store_put_feedback(s, "id", "arm", x, DIM + 1, 1, 0, on_ack, &a),
+                     BD_ERR_INVALID);
+    ck_assert_int_eq(store_put_feedback(s, "", "arm", x, DIM, 1, 0, on_ack, &a), BD_ERR_INVALID);
+    ck_assert_int_eq(store_put_feedback(s, "id", "arm", x, DIM, 1, 0, NULL, NULL), BD_ERR_INVALID);
+    char longid[STORE_ID_MAX + 1];
+    memset(longid, 'a', STORE_ID_MAX);
+    longid[STORE_ID_MAX] = '\0';
+    ck_assert_int_eq(store_put_feedback(s, longid, "arm", x, DIM, 1, 0, on_ack, &a),
+                     BD_ERR_INVALID);
+    x[2] = 0.0 / 0.0;
+    ck_assert_int_eq(store_put_feedback(s, "id", "arm", x, DIM, 1, 0, on_ack, &a), BD_ERR_INVALID);
+    drain(s);
+    ck_assert_int_eq(a.calls, 0); /* failed enqueues never fire */
+    store_close(s);
+}
+END_TEST
+
+/* ---------- refusing bad files ---------- */
+
+static void write_bytes(const char *path, const unsigned char *b, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fwrite(b, 1, n, f), n);
+    fclose(f);
+}
+
+static void expect_refused(int want_rc, const char *want_msg)
+{
+    size_t len0 = 0, len1 = 0;
+    char *before = read_file(g_db, &len0);
+    ck_assert_ptr_nonnull(before);
+    store *s = (store *)1;
+    char err[512] = "";
+    int rc = store_open(g_db, DIM, 0, NULL, NULL, 8, &s, err, sizeof err);
+    ck_assert_int_eq(rc, want_rc);
+    ck_assert_ptr_null(s);
+    ck_assert_msg(strstr(err, want_msg) != NULL, "message '%s' lacks '%s'", err, want_msg);
+    char *after = read_file(g_db, &len1);
+    ck_assert_uint_eq(len0, len1);
+    ck_assert_int_eq(memcmp(before, after, len0), 0);
+    free(before);
+    free(after);
+}
+
+START_TEST(test_garbage_file_is_corrupt)
+{
+    unsigned char junk[10000];
+    uint32_t v = 12345;
+    for (size_t i = 0; i < sizeof junk; i++) {
+        v = v * 1103515245u + 12345u;
+        junk[i] = (unsigned char)(v >> 16);
+    }
+    write_bytes(g_db, junk, sizeof junk);
+    expect_refused(BD_ERR_CORRUPT, "state.db");
+}
+END_TEST
+
+START_TEST(test_empty_file_is_corrupt)
+{
+    write_bytes(g_db, (const unsigned char *)"", 0);
+    expect_refused(BD_ERR_CORRUPT, "not a banditd database");
+}
+END_TEST
+
+START_TEST(test_foreign_sqlite_is_corrupt)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(g_db, &db), SQLITE_OK);
+    ck_assert_int_eq(
+        sqlite3_exec(db, "CREATE TABLE t(a); INSERT INTO t VALUES(1);", NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    expect_refused(BD_ERR_CORRUPT, "not a banditd database");
+}
+END_TEST
+
+START_TEST(test_damaged_page_is_corrupt)
+{
+    store *s = open_ok(DIM, 256);
+    char id[32];
+    for (int i = 0; i < 200; i++) {
+        snprintf(id, sizeof id, "dec-%d", i);
+        put_decision(s, id, "cheap", i, 1000.0 + i);
+    }
+    drain(s);
+    store_close(s); /* checkpoints the WAL into the main file */
+    char wal[320];
+    snprintf(wal, sizeof wal, "%s-wal", g_db);
+    ck_assert(!exists(wal));
+    size_t len = 0;
+    char *buf = read_file(g_db, &len);
+    ck_assert_uint_gt(len, 6 * 4096);
+    /* overwrite the whole of page 5 (inside the decisions b-tree) */
+    memset(buf + 4 * 4096, 0x5a, 4096);
+    write_bytes(g_db, (unsigned char *)buf, len);
+    free(buf);
+    expect_refused(BD_ERR_CORRUPT, "corrupt");
+}
+END_TEST
+
+START_TEST(test_orphan_wal_refused)
+{
+    char wal[240];
+    snprintf(wal, sizeof wal, "%s-wal", g_db);
+    write_bytes(wal, (const unsigned char *)"stale", 5);
+    store *s = NULL;
+    char err[512] = "";
+    ck_assert_int_eq(store_open(g_db, DIM, 0, NULL, NULL, 8, &s, err, sizeof err), BD_ERR_CORRUPT);
+    ck_assert(!exists(g_db));
+    ck_assert_ptr_nonnull(strstr(err, "-wal"));
+}
+END_TEST
+
+START_TEST(test_dim_mismatch)
+{
+    store *s = open_ok(DIM, 8);
+    store_close(s);
+    char err[512] = "";
+    s = NULL;
+    ck_assert_int_eq(store_open(g_db, 2 * DIM, 0, NULL, NULL, 8, &s, err, sizeof err),
+                     BD_ERR_INVALID);
+    ck_assert_ptr_null(s);
+    ck_assert_str_eq(err, "store has dim=8, config says dim=16; use --reset-state or migrate");
+}
+END_TEST
+
+START_TEST(test_reset_wipes)
+{
+    write_bytes(g_db, (const unsigned char *)"not a database at all, really", 29);
+    store *s = NULL;
+    char err[512] = "";
+    ck_assert_int_eq(store_open(g_db, DIM, STORE_RESET, NULL, NULL, 8, &s, err, sizeof err), 0);
+    struct collected *c = calloc(1, sizeof *c);
+    ck_assert_int_eq(store_load_feedback_after(s, NULL, 0, collect_feedback, c), 0);
+    ck_assert_int_eq(c->n, 0);
+    free(c);
+    store_close(s);
+    /* and a reset of a good store drops its rows */
+    s = open_ok(DIM, 8);
+    put_decision(s, "x1", "cheap", 1, 5.0);
+    drain(s);
+    store_close(s);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions"), 1);
+    ck_assert_int_eq(store_open(g_db, DIM, STORE_RESET, NULL, NULL, 8, &s, err, sizeof err), 0);
+    store_close(s);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions"), 0);
+}
+END_TEST
+
+/* ---------- feedback acknowledgements ---------- */
+
+START_TEST(test_duplicate_feedback_exists)
+{
+    store *s = open_ok(DIM, 64);
+    double x[DIM];
+    make_x(x, DIM, 4);
+    struct ack a1 = {0}, a2 = {0}, a3 = {0};
+    ck_assert_int_eq(store_put_feedback(s, "r1", "cheap", x, DIM, 1.0, 1.0, on_ack, &a1), 0);
+    drain(s);
+    /* a duplicate in a later transaction */
+    ck_assert_int_eq(store_put_feedback(s, "r1", "strong", x, DIM, 0.0, 2.0, on_ack, &a2), 0);
+    drain(s);
+    ck_assert_int_eq(a1.calls, 1);
+    ck_assert_int_eq(a1.rc, 0);
+    ck_assert_int_eq(a2.calls, 1);
+    ck_assert_int_eq(a2.rc, BD_ERR_EXISTS);
+    ck_assert_int_eq(a2.seq, 0);
+    /* two with the same id queued back to back: exactly one wins */
+    struct ack b1 = {0}, b2 = {0};
+    ck_assert_int_eq(store_put_feedback(s, "r2", "cheap", x, DIM, 1.0, 3.0, on_ack, &b1), 0);
+    ck_assert_int_eq(store_put_feedback(s, "r2", "cheap", x, DIM, 1.0, 3.0, on_ack, &b2), 0);
+    ck_assert_int_eq(store_put_feedback(s, "r3", "cheap", x, DIM, 1.0, 3.0, on_ack, &a3), 0);
+    drain(s);
+    ck_assert_int_eq(b1.rc, 0);
+    ck_assert_int_eq(b2.rc, BD_ERR_EXISTS);
+    ck_assert_int_eq(a3.rc, 0);
+    ck_assert_int_gt(a3.seq, b1.seq);
+    store_close(s);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback"), 3);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback WHERE request_id='r1' AND "
+                                "arm_name='cheap' AND reward=1.0"),
+                     1);
+}
+END_TEST
+
+START_TEST(test_ack_only_via_dispatch_after_commit)
+{
+    store *s = open_ok(DIM, 64);
+    double x[DIM];
+    make_x(x, DIM, 5);
+    struct ack a = {0};
+    ck_assert_int_eq(store_put_feedback(s, "fb-1", "cheap", x, DIM, 0.5, 9.0, on_ack, &a), 0);
+    ck_assert_msg(wait_wake(5000), "no wake within 5 s");
+    /* woken: the row is committed and visible to an independent connection */
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback WHERE request_id='fb-1'"), 1);
+    usleep(20000);
+    ck_assert_int_eq(a.calls, 0); /* the writer never runs callbacks */
+    ck_assert_uint_eq(store_dispatch(s), 1);
+    ck_assert_int_eq(a.calls, 1);
+    ck_assert_int_eq(a.rc, 0);
+    ck_assert(pthread_equal(a.thread, pthread_self()));
+    ck_assert_uint_eq(store_dispatch(s), 0);
+    ck_assert_int_eq(a.calls, 1);
+    store_close(s);
+}
+END_TEST
+
+/* The writer blocks on a lock held by another connection, so the queue fills. */
+START_TEST(test_queue_full_busy)
+{
+    enum { CAP = 4 };
+    store *s = open_ok(DIM, CAP);
+    sqlite3 *locker = NULL;
+    ck_assert_int_eq(sqlite3_open(g_db, &locker), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(locker, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    double x[DIM];
+    make_x(x, DIM, 6);
+    struct ack acks[CAP + 3];
+    memset(acks, 0, sizeof acks);
+    char id[32];
+    ck_assert_int_eq(store_put_feedback(s, "q0", "cheap", x, DIM, 1, 0, on_ack, &acks[0]), 0);
+    /* wait until the writer took q0 (and is now stuck in BEGIN IMMEDIATE) */
+    struct store_stats st;
+    for (int i = 0; i < 2000; i++) {
+        store_get_stats(s, &st);
+        if (st.queue_depth == 0)
+            break;
+        usleep(1000);
+    }
+    ck_assert_uint_eq(st.queue_depth, 0);
+    for (int i = 1; i <= CAP; i++) {
+        snprintf(id, sizeof id, "q%d", i);
+        ck_assert_int_eq(store_put_feedback(s, id, "cheap", x, DIM, 1, 0, on_ack, &acks[i]), 0);
+    }
+    ck_assert_int_eq(store_put_feedback(s, "qX", "cheap", x, DIM, 1, 0, on_ack, &acks[CAP + 1]),
+                     BD_ERR_BUSY);
+    ck_assert_int_eq(
+        store_put_decision(s, &(struct store_decision){.id = "dX", .arm_name = "a", .x = x}, NULL,
+                           NULL),
+        BD_ERR_BUSY);
+    store_get_stats(s, &st);
+    ck_assert_uint_eq(st.rejected, 2);
+    ck_assert_uint_eq(st.queue_depth, CAP);
+    ck_assert_int_eq(sqlite3_exec(locker, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(locker);
+    drain(s);
+    for (int i = 0; i <= CAP; i++) {
+        ck_assert_int_eq(acks[i].calls, 1);
+        ck_assert_int_eq(acks[i].rc, 0);
+    }
+    ck_assert_int_eq(acks[CAP + 1].calls, 0);
+    store_get_stats(s, &st);
+    ck_assert_uint_ge(st.max_batch, CAP); /* q1..q4 went in one group commit */
+    store_close(s);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback"), CAP + 1);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback WHERE request_id='qX'"), 0);
+}
+END_TEST
+
+/* ---------- snapshot + feedback-after restore ---------- */
+
+/* Independent reference model: A = I + Σ x xᵀ, b = Σ (r − 1) x, in order. */
+struct ref_model {
+    double A[DIM * DIM];
+    double b[DIM];
+    uint64_t n;
+};
+
+static void ref_init(struct ref_model *m)
+{
+    memset(m, 0, sizeof *m);
+    for (int i = 0; i < DIM; i++)
+        m->A[i * DIM + i] = 1.0;
+}
+
+static void ref_apply(struct ref_model *m, const double *x, double r)
+{
+    for (int i = 0; i < DIM; i++) {
+        for (int j = 0; j < DIM; j++)
+            m->A[i * DIM + j] += x[i] * x[j];
+        m->b[i] += (r - 1.0) * x[i];
+    }
+    m->n++;
+}
+
+struct restore_ctx {
+    int n_arms;
+    char names[4][STORE_NAME_MAX];
+    struct ref_model m[4];
+    int64_t seq[4];
+    uint64_t pulls[4];
+    int replayed;
+    char replayed_ids[64][STORE_ID_MAX];
+};
+
+static int restore_arm(const struct store_arm_state *a, void *ud)
+{
+    struct restore_ctx *c = ud;
+    ck_assert_int_lt(c->n_arms, 4);
+    int k = c->n_arms++;
+    snprintf(c->names[k], STORE_NAME_MAX, "%s", a->arm_name);
+    memcpy(c->m[k].A, a->A, sizeof c->m[k].A);
+    memcpy(c->m[k].b, a->b, sizeof c->m[k].b);
+    c->m[k].n = a->n;
+    c->seq[k] = a->feedback_seq;
+    c->pulls[k] = a->pulls;
+    return 0;
+}
+
+static int replay_fb(const struct store_feedback *f, void *ud)
+{
+    struct restore_ctx *c = ud;
+    for (int k = 0; k < c->n_arms; k++) {
+        if (strcmp(c->names[k], f->arm_name) == 0) {
+            ck_assert_int_gt(f->seq, c->seq[k]); /* in seq order, after the snapshot */
+            c->seq[k] = f->seq;
+            ref_apply(&c->m[k], f->x, f->reward);
+            snprintf(c->replayed_ids[c->replayed++], STORE_ID_MAX, "%s", f->request_id);
+            return 0;
+        }
+    }
+    ck_abort_msg("feedback for unknown arm %s", f->arm_name);
+    return -1;
+}
+
+START_TEST(test_snapshot_restore)
+{
+    static const char *arms[2] = {"cheap", "strong"};
+    struct ref_model *truth = calloc(2, sizeof *truth); /* all feedback applied */
+    struct ref_model *at_snap = calloc(2, sizeof *at_snap);
+    ref_init(&truth[0]);
+    ref_init(&truth[1]);
+    int64_t last_seq[2] = {0, 0};
+    store *s = open_ok(DIM, 64);
+    double x[DIM];
+    char id[32];
+    struct ack acks[40];
+    memset(acks, 0, sizeof acks);
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 10; i++) {
+            int k = round * 10 + i;
+            int arm = (k * 7) % 3 == 0;
+            double r = (k % 4) / 3.0;
+            make_x(x, DIM, k + 100);
+            snprintf(id, sizeof id, "req-%d", k);
+            ck_assert_int_eq(store_put_feedback(s, id, arms[arm], x, DIM, r, k, on_ack, &acks[k]),
+                             0);
+            drain(s);
+            ck_assert_int_eq(acks[k].rc, 0);
+            /* the "daemon" applies feedback at ack time and tracks seqs */
+            ref_apply(&truth[arm], x, r);
+            last_seq[arm] = acks[k].seq;
+        }
+        if (round < 2) { /* snapshots after rounds 0 and 1; round 2 is replayed */
+            struct store_arm_state st[2];
+            for (int a = 0; a < 2; a++) {
+                at_snap[a] = truth[a];
+                st[a] = (struct store_arm_state){.arm_name = arms[a],
+                                                 .A = truth[a].A,
+                                                 .b = truth[a].b,
+                                                 .n = truth[a].n,
+                                                 .feedback_seq = last_seq[a],
+                                                 .pulls = 100u + (unsigned)round,
+                                                 .taken_at = round};
+            }
+            struct ack sa = {0};
+            ck_assert_int_eq(store_put_snapshot(s, st, 2, on_ack, &sa), 0);
+            /* mutate the caller's copy: the snapshot was copied at call time */
+            double saved = truth[0].A[0];
+            truth[0].A[0] = 1e300;
+            drain(s);
+            truth[0].A[0] = saved;
+            ck_assert_int_eq(sa.rc, 0);
+        }
+    }
+    store_close(s);
+    /* keep only the latest two snapshots per arm */
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM arm_stats"), 4);
+
+    s = open_ok(DIM, 64);
+    struct restore_ctx *c = calloc(1, sizeof *c);
+    ck_assert_int_eq(store_load_model(s, restore_arm, c), 0);
+    ck_assert_int_eq(c->n_arms, 2);
+    ck_assert_str_eq(c->names[0], "cheap");
+    ck_assert_str_eq(c->names[1], "strong");
+    for (int a = 0; a < 2; a++) {
+        ck_assert_uint_eq(c->pulls[a], 101);
+        ck_assert_int_eq(memcmp(c->m[a].A, at_snap[a].A, sizeof at_snap[a].A), 0);
+        ck_assert_int_eq(memcmp(c->m[a].b, at_snap[a].b, sizeof at_snap[a].b), 0);
+    }
+    for (int a = 0; a < 2; a++)
+        ck_assert_int_eq(store_load_feedback_after(s, c->names[a], c->seq[a], replay_fb, c), 0);
+    ck_assert_int_eq(c->replayed, 10); /* exactly round 2's rows */
+    for (int a = 0; a < 2; a++) {
+        ck_assert_uint_eq(c->m[a].n, truth[a].n);
+        /* same operations in the same order: bit-identical */
+        ck_assert_int_eq(memcmp(c->m[a].A, truth[a].A, sizeof truth[a].A), 0);
+        ck_assert_int_eq(memcmp(c->m[a].b, truth[a].b, sizeof truth[a].b), 0);
+        ck_assert_int_eq(c->seq[a], last_seq[a]);
+    }
+    for (int i = 0; i < c->replayed; i++) {
+        int k = atoi(c->replayed_ids[i] + 4);
+        ck_assert_int_ge(k, 20);
+        ck_assert_int_lt(k, 30);
+    }
+    free(c);
+    free(truth);
+    free(at_snap);
+    store_close(s);
+}
+END_TEST
+
+/* ---------- purge ---------- */
+
+START_TEST(test_purge_and_pending)
+{
+    store *s = open_ok(DIM, 64);
+    put_decision(s, "old", "cheap", 1, 100.0);
+    put_decision(s, "edge", "cheap", 2, 200.0);
+    put_decision(s, "new", "cheap", 3, 250.0);
+    put_decision(s, "taken", "cheap", 4, 260.0);
+    double x[DIM];
+    make_x(x, DIM, 4);
+    struct ack a = {0};
+    ck_assert_int_eq(store_put_feedback(s, "taken", "cheap", x, DIM, 1, 261, on_ack, &a), 0);
+    drain(s);
+    struct collected *c = calloc(1, sizeof *c);
+    /* now=300, ttl=100: "edge" (exactly ttl old) is still live, "old" is expired */
+    ck_assert_int_eq(store_load_decisions(s, 300.0, 100.0, collect_decision, c), 0);
+    ck_assert_int_eq(c->n, 2);
+    ck_assert_str_eq(c->ids[0], "edge");
+    ck_assert_str_eq(c->ids[1], "new");
+    ck_assert_int_eq(store_purge_expired(s, 300.0, 100.0), 0);
+    drain(s);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions"), 3);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions WHERE id='old'"), 0);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback"), 1); /* the log stays */
+    free(c);
+    store_close(s);
+}
+END_TEST
+
+/* ---------- export ---------- */
+
+START_TEST(test_export_jsonl)
+{
+    store *s = open_ok(DIM, 64);
+    put_decision(s, "e1", "cheap", 11, 10.0);
+    put_decision(s, "e2", "strong \"quoted\"", 12, 11.0);
+    ck_assert_int_eq(store_complete_decision(s, "e1", "cmpl-e1", 0.5, 42.0), 0);
+    double x[DIM];
+    make_x(x, DIM, 11);
+    struct ack a = {0};
+    ck_assert_int_eq(store_put_feedback(s, "e1", "cheap", x, DIM, 0.25, 12.0, on_ack, &a), 0);
+    drain(s);
+    /* export while the store is still open (a running daemon) */
+    char path[320];
+    snprintf(path, sizeof path, "%s/export.jsonl", g_dir);
+    FILE *out = fopen(path, "w");
+    char err[256] = "";
+    ck_assert_int_eq(store_export(g_db, out, err, sizeof err), 0);
+    fclose(out);
+    store_close(s);
+
+    FILE *in = fopen(path, "r");
+    char *line = NULL;
+    size_t cap = 0;
+    int n = 0, metas = 0, decs = 0, fbs = 0;
+    while (getline(&line, &cap, in) > 0) {
+        n++;
+        cJSON *o = cJSON_Parse(line);
+        ck_assert_msg(o != NULL, "line %d is not JSON: %s", n, line);
+        const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(o, "type"));
+        ck_assert_ptr_nonnull(type);
+        if (strcmp(type, "meta") == 0) {
+            metas++;
+            ck_assert_int_eq(n, 1);
+            ck_assert(cJSON_GetNumberValue(cJSON_GetObjectItem(o, "dim")) == DIM);
+        } else if (strcmp(type, "decision") == 0) {
+            decs++;
+            cJSON *xs = cJSON_GetObjectItem(o, "x");
+            ck_assert_int_eq(cJSON_GetArraySize(xs), DIM);
+            const char *did = cJSON_GetStringValue(cJSON_GetObjectItem(o, "id"));
+            double want[DIM];
+            make_x(want, DIM, strcmp(did, "e1") == 0 ? 11 : 12);
+            for (int i = 0; i < DIM; i++)
+                ck_assert(cJSON_GetArrayItem(xs, i)->valuedouble == want[i]);
+            if (strcmp(did, "e1") == 0) {
+                ck_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(o, "completion_id")),
+                                 "cmpl-e1");
+                ck_assert(cJSON_GetNumberValue(cJSON_GetObjectItem(o, "latency_ms")) == 42.0);
+            } else {
+                ck_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(o, "arm")),
+                                 "strong \"quoted\"");
+                ck_assert(cJSON_IsNull(cJSON_GetObjectItem(o, "completion_id")));
+            }
+            ck_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(o, "client")),
+                             "fedcba9876543210");
+            ck_assert(cJSON_GetNumberValue(
+                          cJSON_GetObjectItem(cJSON_GetObjectItem(o, "w"), "quality")) == 0.7);
+        } else if (strcmp(type, "feedback") == 0) {
+            fbs++;
+            ck_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(o, "request_id")), "e1");
+            ck_assert(cJSON_GetNumberValue(cJSON_GetObjectItem(o, "reward")) == 0.25);
+            ck_assert(cJSON_GetNumberValue(cJSON_GetObjectItem(o, "seq")) == (double)a.seq);
+        } else {
+            ck_abort_msg("unknown type %s", type);
+        }
+        cJSON_Delete(o);
+    }
+    free(line);
+    fclose(in);
+    ck_assert_int_eq(metas, 1);
+    ck_assert_int_eq(decs, 2);
+    ck_assert_int_eq(fbs, 1);
+
+    out = fopen("/dev/null", "w");
+    ck_assert_int_eq(store_export(g_db, out, err, sizeof err), 0); /* daemon stopped */
+    ck_assert_int_eq(store_export("/nonexistent/x.db", out, err, sizeof err), BD_ERR_NOTFOUND);
+    fclose(out);
+}
+END_TEST
+
+/* ---------- full disk ---------- */
+
+START_TEST(test_full_disk)
+{
+    char mnt[100];
+    snprintf(mnt, sizeof mnt, "%s/mnt", g_dir);
+    ck_assert_int_eq(mkdir(mnt, 0700), 0);
+    if (mount("tmpfs", mnt, "tmpfs", 0, "size=256k") != 0) {
+        fprintf(stderr, "test_full_disk: SKIPPED (cannot mount tmpfs: %s)\n", strerror(errno));
+        return;
+    }
+    snprintf(g_db, sizeof g_db, "%s/state.db", mnt);
+    /* a filler we can delete later to free space */
+    char filler[128];
+    snprintf(filler, sizeof filler, "%s/filler", mnt);
+    static unsigned char zeros[48 * 1024];
+    write_bytes(filler, zeros, sizeof zeros);
+
+    enum { DDIM = 64, MAXN = 2000 };
+    store *s = open_ok(DDIM, 64);
+    static struct ack acks[MAXN];
+    memset(acks, 0, sizeof acks);
+    double x[DDIM];
+    char id[32];
+    int n = 0, failed = 0;
+    while (n < MAXN && !failed) {
+        for (int i = 0; i < 16 && n < MAXN; i++, n++) {
+            for (int j = 0; j < DDIM; j++)
+                x[j] = n + j * 0.5;
+            snprintf(id, sizeof id, "full-%d", n);
+            ck_assert_int_eq(store_put_feedback(s, id, "cheap", x, DDIM, 1, n, on_ack, &acks[n]),
+                             0);
+        }
+        drain(s);
+        for (int i = 0; i < n; i++) {
+            ck_assert_int_eq(acks[i].calls, 1);
+            if (acks[i].rc != 0) {
+                ck_assert_int_eq(acks[i].rc, BD_ERR_IO);
+                failed++;
+            }
+        }
+    }
+    ck_assert_msg(failed > 0, "disk never filled after %d rows", n);
+    struct store_stats st;
+    store_get_stats(s, &st);
+    ck_assert_uint_ge(st.failed_txns, 1);
+    ck_assert_int_eq(st.last_error, BD_ERR_IO);
+
+    /* free space: the next write succeeds (the store is not wedged) */
+    ck_assert_int_eq(unlink(filler), 0);
+    struct ack again = {0};
+    for (int j = 0; j < DDIM; j++)
+        x[j] = -j;
+    ck_assert_int_eq(store_put_feedback(s, "after-full", "cheap", x, DDIM, 0.5, 1, on_ack, &again),
+                     0);
+    drain(s);
+    ck_assert_int_eq(again.rc, 0);
+    store_close(s);
+
+    /* nothing half-written: exactly the acknowledged rows are there */
+    long ok = 1; /* after-full */
+    for (int i = 0; i < n; i++)
+        ok += acks[i].rc == 0;
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback"), ok);
+    for (int i = 0; i < n; i++) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM feedback WHERE request_id='full-%d'", i);
+        ck_assert_int_eq(count_rows(sql), acks[i].rc == 0);
+    }
+    /* and it reopens cleanly (passes quick_check) */
+    s = open_ok(DDIM, 8);
+    store_close(s);
+    ck_assert_int_eq(umount(mnt), 0);
+}
+END_TEST
+
+/* ---------- concurrency ---------- */
+
+enum { CONC_N = 5000, CONC_CAP = 128 };
+
+struct conc_item {
+    int calls;
+    int rc;
+    int64_t seq;
+};
+
+struct conc_ctx {
+    store *s;
+    struct conc_item items[CONC_N];
+    pthread_t producer;
+    int wrong_thread;
+    int busy;
+    int64_t last_seq;
+    int out_of_order;
+};
+
+static struct conc_ctx *g_conc;
+
+static void conc_ack(int rc, int64_t seq, void *ud)
+{
+    struct conc_item *it = ud;
+    if (!pthread_equal(pthread_self(), g_conc->producer))
+        g_conc->wrong_thread++;
+    it->calls++;
+    it->rc = rc;
+    it->seq = seq;
+    if (rc == 0) {
+        if (seq <= g_conc->last_seq)
+            g_conc->out_of_order++;
+        g_conc->last_seq = seq;
+    }
+}
+
+/* Stands in for the event loop: enqueue as fast as possible, answer BUSY by
+ * waiting for a wake and dispatching, exactly as the daemon would. */
+static void *producer_main(void *arg)
+{
+    struct conc_ctx *c = arg;
+    double x[DIM];
+    char id[32];
+    for (int i = 0; i < CONC_N; i++) {
+        make_x(x, DIM, i);
+        snprintf(id, sizeof id, "c-%d", i);
+        for (;;) {
+            int rc = store_put_feedback(c->s, id, i % 2 ? "cheap" : "strong", x, DIM, 0.5, i,
+                                        conc_ack, &c->items[i]);
+            if (rc == 0)
+                break;
+            ck_assert_int_eq(rc, BD_ERR_BUSY);
+            c->busy++;
+            wait_wake(100);
+            store_dispatch(c->s);
+        }
+        if (i % 64 == 0)
+            store_dispatch(c->s);
+    }
+    int acked = 0;
+    while (acked < CONC_N) {
+        wait_wake(100);
+        store_dispatch(c->s);
+        acked = 0;
+        for (int i = 0; i < CONC_N; i++)
+            acked += c->items[i].calls > 0;
+    }
+    return NULL;
+}
+
+START_TEST(test_concurrent_producer)
+{
+    struct conc_ctx *c = calloc(1, sizeof *c);
+    g_conc = c;
+    c->s = open_ok(DIM, CONC_CAP);
+    ck_assert_int_eq(pthread_create(&c->producer, NULL, producer_main, c), 0);
+    pthread_join(c->producer, NULL);
+    int ok = 0;
+    for (int i = 0; i < CONC_N; i++) {
+        ck_assert_int_eq(c->items[i].calls, 1);
+        ck_assert_int_eq(c->items[i].rc, 0);
+        ok++;
+    }
+    ck_assert_int_eq(c->wrong_thread, 0);
+    ck_assert_int_eq(c->out_of_order, 0);
+    struct store_stats st;
+    store_get_stats(c->s, &st);
+    fprintf(stderr,
+            "concurrency: %d acks, %d busy retries, %" PRIu64 " commits, max batch %" PRIu64 "\n",
+            ok, c->busy, st.commits, st.max_batch);
+    store_close(c->s);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback"), ok);
+    ck_assert_int_eq(count_rows("SELECT count(DISTINCT request_id) FROM feedback"), ok);
+    free(c);
+}
+END_TEST
+
+/* kill -9 right after the acks: every acknowledged feedback survives. */
+START_TEST(test_kill9_keeps_acked)
+{
+    enum { N = 50 };
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        store *s = NULL;
+        char err[256];
+        if (store_open(g_db, DIM, 0, NULL, NULL, 64, &s, err, sizeof err) != 0)
+            _exit(3);
+        double x[DIM];
+        struct ack a[N];
+        memset(a, 0, sizeof a);
+        char id[16];
+        for (int i = 0; i < N; i++) {
+            make_x(x, DIM, i);
+            snprintf(id, sizeof id, "k9-%d", i);
+            if (store_put_feedback(s, id, "cheap", x, DIM, 1, 0, on_ack, &a[i]) != 0)
+                _exit(4);
+        }
+        int acked = 0;
+        while (acked < N) { /* the "loop": poll dispatch (no wake fn) */
+            acked += (int)store_dispatch(s);
+            usleep(1000);
+        }
+        for (int i = 0; i < N; i++)
+            if (a[i].rc != 0)
+                _exit(5);
+        kill(getpid(), SIGKILL);
+        _exit(6);
+    }
+    int status = 0;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "child status %d", status);
+    char wal[240];
+    snprintf(wal, sizeof wal, "%s-wal", g_db);
+    ck_assert(exists(wal)); /* a crash left the WAL behind: recovery runs at open */
+    store *s = open_ok(DIM, 8);
+    struct collected *c = calloc(1, sizeof *c);
+    ck_assert_int_eq(store_load_feedback_after(s, "cheap", 0, collect_feedback, c), 0);
+    ck_assert_int_eq(c->n, N);
+    for (int i = 0; i < N; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "k9-%d", i);
+        ck_assert_str_eq(c->ids[i], id);
+    }
+    free(c);
+    store_close(s);
+}
+END_TEST
+
+/* store_close delivers callbacks still pending. */
+START_TEST(test_close_delivers)
+{
+    store *s = open_ok(DIM, 64);
+    double x[DIM];
+    make_x(x, DIM, 9);
+    struct ack a[10];
+    memset(a, 0, sizeof a);
+    char id[16];
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "k%d", i);
+        ck_assert_int_eq(store_put_feedback(s, id, "cheap", x, DIM, 1, 0, on_ack, &a[i]), 0);
+    }
+    store_close(s);
+    for (int i = 0; i < 10; i++) {
+        ck_assert_int_eq(a[i].calls, 1);
+        ck_assert_int_eq(a[i].rc, 0);
+    }
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback"), 10);
+}
+END_TEST
+
+static Suite *store_suite(void)
+{
+    Suite *su = suite_create("store");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_create_and_reopen);
+    tcase_add_test(tc, test_invalid_args);
+    tcase_add_test(tc, test_garbage_file_is_corrupt);
+    tcase_add_test(tc, test_empty_file_is_corrupt);
+    tcase_add_test(tc, test_foreign_sqlite_is_corrupt);
+    tcase_add_test(tc, test_damaged_page_is_corrupt);
+    tcase_add_test(tc, test_orphan_wal_refused);
+    tcase_add_test(tc, test_dim_mismatch);
+    tcase_add_test(tc, test_reset_wipes);
+    tcase_add_test(tc, test_duplicate_feedback_exists);
+    tcase_add_test(tc, test_ack_only_via_dispatch_after_commit);
+    tcase_add_test(tc, test_queue_full_busy);
+    tcase_add_test(tc, test_snapshot_restore);
+    tcase_add_test(tc, test_purge_and_pending);
+    tcase_add_test(tc, test_export_jsonl);
+    tcase_add_test(tc, test_full_disk);
+    tcase_add_test(tc, test_concurrent_producer);
+    tcase_add_test(tc, test_close_delivers);
+    tcase_add_test(tc, test_kill9_keeps_acked);
+    suite_add_tcase(su, tc);
+    return su;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(store_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed != 0;
+}
