@@ -12,7 +12,7 @@ BUILD    ?= build
 CC       ?= cc
 SANITIZE ?=
 
-PKGS     := libmicrohttpd libcurl libcjson openblas
+PKGS     := libmicrohttpd libcurl libcjson openblas sqlite3
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wformat=2 -Werror
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=c11 -D_GNU_SOURCE $(WARN) -Iinclude

@@ -18,7 +18,6 @@
 #include "banditd/router.h"
 #include "banditd/util.h"
 
-
 #define DIM 256
 #define BATCHES 31
 

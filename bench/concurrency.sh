@@ -11,8 +11,9 @@ root=$(dirname "$here")
 n=${1:-2000}
 shift || true
 export BANDITD=${BANDITD:-$root/${BUILD:-build}/banditd}
-# Each request costs the client one fd, banditd two, the fake upstream one.
-want=$(( 4 * n + 1024 ))
+# Each request costs the client one fd, banditd two, the fake upstream one (each
+# process has its own limit).
+want=$(( 2 * n + 1024 ))
 hard=$(ulimit -Hn)
 if [[ $hard != unlimited && $hard -lt $want ]]; then
     echo "warning: hard fd limit $hard < $want; raising to $hard only" >&2

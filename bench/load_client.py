@@ -17,7 +17,7 @@ import e2elib as L  # noqa: E402
 
 
 def direct(n, slow_ms):
-    L.raise_nofile(max(4 * n + 1024, 4096))
+    L.raise_nofile(max(2 * n + 1024, 4096))
     fake = L.FakeUpstream(record=False)
     model = "slow:%d" % slow_ms
     try:
@@ -43,7 +43,7 @@ def main():
     print("banditd concurrency bench: %d requests, upstream %d ms, %s, %d cores, nofile %d, "
           "load average %s"
           % (a.n, a.slow_ms, "stream" if a.stream else "non-stream", os.cpu_count(),
-             L.raise_nofile(max(4 * a.n + 1024, 4096)),
+             L.raise_nofile(max(2 * a.n + 1024, 4096)),
              " ".join("%.2f" % x for x in os.getloadavg())), flush=True)
     t0 = time.monotonic()
     fig = L.concurrency_run(a.n, a.slow_ms, timeout=120.0, stream=a.stream,

@@ -40,16 +40,16 @@
 
 /* Dense slots (1-based positions in x). */
 enum {
-    D_LEN = 1,     /* log1p(user text bytes) / 10 */
-    D_TURNS,       /* log1p(messages) / 4 */
-    D_FENCES,      /* code fences ``` in user text */
-    D_DIGITS,      /* share of digit bytes, x2, capped at 1 */
-    D_MATHS,       /* share of maths symbol bytes, x4, capped at 1 */
-    D_QUESTIONS,   /* min(question marks, 5) / 5 */
-    D_SYSTEM,      /* a system/developer message is present */
-    D_TOOLS,       /* tools/functions present */
-    D_MAX_TOKENS,  /* log1p(max_tokens) / 10, 0 when absent */
-    D_ASSISTANT,   /* log1p(assistant turns) / 3 */
+    D_LEN = 1,    /* log1p(user text bytes) / 10 */
+    D_TURNS,      /* log1p(messages) / 4 */
+    D_FENCES,     /* code fences ``` in user text */
+    D_DIGITS,     /* share of digit bytes, x2, capped at 1 */
+    D_MATHS,      /* share of maths symbol bytes, x4, capped at 1 */
+    D_QUESTIONS,  /* min(question marks, 5) / 5 */
+    D_SYSTEM,     /* a system/developer message is present */
+    D_TOOLS,      /* tools/functions present */
+    D_MAX_TOKENS, /* log1p(max_tokens) / 10, 0 when absent */
+    D_ASSISTANT,  /* log1p(assistant turns) / 3 */
 };
 _Static_assert(D_ASSISTANT == FEATURES_N_DENSE, "dense slots must fill FEATURES_N_DENSE");
 
@@ -104,30 +104,30 @@ static void scan_text(struct acc *a, const char *text, size_t len)
     const unsigned char *p = (const unsigned char *)text;
     size_t i;
 
-#define PUT(hash, w)                                                                           \
-    do {                                                                                       \
-        uint64_t h_ = (hash);                                                                  \
-        uint32_t idx_ = (uint32_t)(((h_ >> 32) * range) >> 32);                                \
-        h[idx_] += ((h_ >> 31) & 1) ? -(w) : (w);                                              \
+#define PUT(hash, w)                                                                               \
+    do {                                                                                           \
+        uint64_t h_ = (hash);                                                                      \
+        uint32_t idx_ = (uint32_t)(((h_ >> 32) * range) >> 32);                                    \
+        h[idx_] += ((h_ >> 31) & 1) ? -(w) : (w);                                                  \
     } while (0)
-#define END_WORD()                                                                             \
-    do {                                                                                       \
-        uint64_t u_ = fmix64(word ^ TAG_UNI);                                                  \
-        PUT(u_, W_UNIGRAM);                                                                    \
-        if (prev != 0)                                                                         \
-            PUT(fmix64((prev * FNV_PRIME) ^ u_ ^ TAG_BI), W_BIGRAM);                           \
-        prev = u_ | 1;                                                                         \
-        in_word = 0;                                                                           \
+#define END_WORD()                                                                                 \
+    do {                                                                                           \
+        uint64_t u_ = fmix64(word ^ TAG_UNI);                                                      \
+        PUT(u_, W_UNIGRAM);                                                                        \
+        if (prev != 0)                                                                             \
+            PUT(fmix64((prev * FNV_PRIME) ^ u_ ^ TAG_BI), W_BIGRAM);                               \
+        prev = u_ | 1;                                                                             \
+        in_word = 0;                                                                               \
     } while (0)
 /* Character 3-grams: one multiply (Fibonacci hashing) of the packed bytes;
  * index and sign come from its high and middle bits. */
-#define STREAM(ch)                                                                             \
-    do {                                                                                       \
-        tri = ((tri << 8) | (ch)) & 0xffffffu;                                                 \
-        if (tri_n < 3)                                                                         \
-            tri_n++;                                                                           \
-        if (tri_n == 3)                                                                        \
-            PUT(((uint64_t)tri ^ TAG_CHAR) * 0x9e3779b97f4a7c15ULL, W_CHAR3);                  \
+#define STREAM(ch)                                                                                 \
+    do {                                                                                           \
+        tri = ((tri << 8) | (ch)) & 0xffffffu;                                                     \
+        if (tri_n < 3)                                                                             \
+            tri_n++;                                                                               \
+        if (tri_n == 3)                                                                            \
+            PUT(((uint64_t)tri ^ TAG_CHAR) * 0x9e3779b97f4a7c15ULL, W_CHAR3);                      \
     } while (0)
 
     for (i = 0; i < len && p[i] != 0; i++) {

@@ -82,8 +82,8 @@ struct req {
     int arm;        /* arm of the current/last attempt, -1 none */
     int fallbacks;
     char id[33];
-    int recorded;   /* decision stored */
-    char *scores;   /* X-Bandit-Scores value (debug) or NULL */
+    int recorded; /* decision stored */
+    char *scores; /* X-Bandit-Scores value (debug) or NULL */
     char *up_body;
     size_t up_body_len;
     upstream_call *call;
@@ -91,7 +91,7 @@ struct req {
     double ttfb_ms;
     long up_status;
     char up_ctype[128];
-    struct util_buf resp;  /* buffered upstream answer (non-streaming or error) */
+    struct util_buf resp; /* buffered upstream answer (non-streaming or error) */
     int resp_too_big;
     struct util_buf relay; /* SSE relay */
     int paused;            /* curl paused on a full relay buffer */
@@ -258,12 +258,9 @@ static enum route route_of(const char *url, const char **allow)
         enum route r;
         const char *allow;
     } routes[] = {
-        {"/v1/chat/completions", R_CHAT, "POST"},
-        {"/v1/models", R_MODELS, "GET, HEAD"},
-        {"/healthz", R_HEALTH, "GET, HEAD"},
-        {"/readyz", R_READY, "GET, HEAD"},
-        {"/feedback", R_FEEDBACK, "POST"},
-        {"/v1/feedback", R_FEEDBACK, "POST"},
+        {"/v1/chat/completions", R_CHAT, "POST"}, {"/v1/models", R_MODELS, "GET, HEAD"},
+        {"/healthz", R_HEALTH, "GET, HEAD"},      {"/readyz", R_READY, "GET, HEAD"},
+        {"/feedback", R_FEEDBACK, "POST"},        {"/v1/feedback", R_FEEDBACK, "POST"},
         {"/stats", R_STATS, "GET, HEAD"},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
@@ -329,9 +326,9 @@ static void access_log(struct req *r)
     json_escape(path, sizeof path, r->path);
     json_escape(method, sizeof method, r->method);
     char f[1536];
-    int n = snprintf(f, sizeof f,
-                     "\"method\":\"%s\",\"path\":\"%s\",\"status\":%u,\"latency_ms\":%.3f", method,
-                     path, r->status, util_now_ms() - r->t_start_ms);
+    int n =
+        snprintf(f, sizeof f, "\"method\":\"%s\",\"path\":\"%s\",\"status\":%u,\"latency_ms\":%.3f",
+                 method, path, r->status, util_now_ms() - r->t_start_ms);
     if (r->route == R_CHAT && r->id[0] && n > 0 && (size_t)n < sizeof f) {
         snprintf(f + n, sizeof f - (size_t)n,
                  ",\"request_id\":\"%s\",\"arm\":\"%s\",\"cost_usd\":%.8f,\"stream\":%s,"
@@ -546,9 +543,8 @@ static void stream_finished(struct req *r, int result, const char *msg)
         router_observe_failure(s->d.rt, r->arm, total);
         char m[256];
         snprintf(m, sizeof m, "upstream stream failed: %s", msg);
-        char *ev = openai_sse_error_event(m, "api_error",
-                                          result == BD_ERR_TIMEOUT ? "upstream_timeout"
-                                                                   : "upstream_error");
+        char *ev = openai_sse_error_event(
+            m, "api_error", result == BD_ERR_TIMEOUT ? "upstream_timeout" : "upstream_error");
         if (ev) {
             /* The terminating event may exceed the relay cap by its own size. */
             size_t n = strlen(ev);
@@ -646,9 +642,8 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max)
 
 static enum MHD_Result queue_stream(struct req *r)
 {
-    struct MHD_Response *resp =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, HTTP_STREAM_BLOCK, stream_reader, r,
-                                          NULL);
+    struct MHD_Response *resp = MHD_create_response_from_callback(
+        MHD_SIZE_UNKNOWN, HTTP_STREAM_BLOCK, stream_reader, r, NULL);
     if (!resp)
         return MHD_NO;
     MHD_add_response_header(resp, "Content-Type",
@@ -673,8 +668,8 @@ static char *debug_scores(const struct req *r)
         int a = r->dec.order[i];
         const struct router_arm_score *sc = &r->dec.s[a];
         if (util_buf_printf(&b, "%s%s:%.4g/%.4g/%.4g/%.4g/%.4g", i ? ";" : "",
-                            r->srv->cfg->arms[a].name, sc->mean, sc->width, sc->cost,
-                            sc->latency, sc->score) != BD_OK)
+                            r->srv->cfg->arms[a].name, sc->mean, sc->width, sc->cost, sc->latency,
+                            sc->score) != BD_OK)
             break;
     }
     return b.data; /* may be NULL */
@@ -690,8 +685,8 @@ static enum MHD_Result handle_chat(struct req *r)
         return respond_error(r, 413, "request body too large", "invalid_request_error", NULL,
                              "request_too_large");
     memset(&r->chat, 0, sizeof r->chat);
-    if (openai_chat_parse(r->body.data ? r->body.data : "", r->body.len, &r->chat, err,
-                          sizeof err, &param) != BD_OK)
+    if (openai_chat_parse(r->body.data ? r->body.data : "", r->body.len, &r->chat, err, sizeof err,
+                          &param) != BD_OK)
         return respond_error(r, 400, err, "invalid_request_error", param, "invalid_request");
     r->chat_ok = 1;
     util_buf_free(&r->body);
@@ -717,8 +712,7 @@ static enum MHD_Result handle_chat(struct req *r)
     }
 
     if (cfg->limits.max_inflight && upstream_inflight(s->d.up) >= cfg->limits.max_inflight) {
-        set_final_error(r, 503, "too many requests in flight", "server_error", NULL,
-                        "overloaded");
+        set_final_error(r, 503, "too many requests in flight", "server_error", NULL, "overloaded");
         r->final_retry_after = 1;
         return queue_final(r);
     }
@@ -731,8 +725,7 @@ static enum MHD_Result handle_chat(struct req *r)
         return respond_error(r, 400, "cannot featurize the request", "invalid_request_error",
                              "messages", "invalid_request");
     long pt = openai_estimate_tokens(r->chat.prompt_chars);
-    if (router_decide(s->d.rt, r->x, &r->w, pt, NULL, pinned, &r->dec) != BD_OK ||
-        r->dec.n < 1)
+    if (router_decide(s->d.rt, r->x, &r->w, pt, NULL, pinned, &r->dec) != BD_OK || r->dec.n < 1)
         return respond_error(r, 503, "no healthy arm", "server_error", NULL, "no_healthy_arm");
     if (util_random_hex128(r->id) != BD_OK)
         return respond_error(r, 500, "no randomness", "server_error", NULL, "internal_error");
@@ -744,8 +737,7 @@ static enum MHD_Result handle_chat(struct req *r)
     int rc = attempt_start(r);
     if (rc != BD_OK) {
         if (rc == BD_ERR_NOMEM)
-            return respond_error(r, 500, "out of memory", "server_error", NULL,
-                                 "internal_error");
+            return respond_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
         return respond_error(r, 502, "no upstream could be started", "api_error", NULL,
                              "upstream_error");
     }
@@ -766,7 +758,8 @@ static enum MHD_Result handle_models(struct req *r)
     cJSON_AddStringToObject(root, "object", "list");
     cJSON_AddItemToObject(root, "data", data);
     for (size_t i = 0; i < cfg->n_aliases + cfg->n_arms; i++) {
-        const char *name = i < cfg->n_aliases ? cfg->aliases[i] : cfg->arms[i - cfg->n_aliases].name;
+        const char *name =
+            i < cfg->n_aliases ? cfg->aliases[i] : cfg->arms[i - cfg->n_aliases].name;
         cJSON *m = cJSON_CreateObject();
         if (!m)
             break;
@@ -790,7 +783,8 @@ static enum MHD_Result handle_feedback(struct req *r)
     int status = 500;
     char *out = NULL;
     if (feedback_handle(s->d.ds, s->d.rt, r->body.data ? r->body.data : "", r->body.len, 0, 0,
-                        util_wall_s(), &status, &out) != BD_OK || !out) {
+                        util_wall_s(), &status, &out) != BD_OK ||
+        !out) {
         free(out);
         return respond_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
     }
@@ -822,9 +816,8 @@ static enum MHD_Result dispatch(struct req *r)
     case R_FEEDBACK:
         return handle_feedback(r);
     case R_STATS:
-        return respond_json(r, 200,
-                            stats_json(s->cfg, s->d.rt, s->d.ds, upstream_inflight(s->d.up),
-                                       s->n_reqs));
+        return respond_json(
+            r, 200, stats_json(s->cfg, s->d.rt, s->d.ds, upstream_inflight(s->d.up), s->n_reqs));
     case R_NOTFOUND:
         break;
     }
@@ -854,8 +847,8 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
                 if (errno == 0 && end != cl && n > r->body.max) {
                     r->too_big = 1;
                     /* Answer before reading the body; MHD closes the connection after. */
-                    return respond_error(r, 413, "request body too large",
-                                         "invalid_request_error", NULL, "request_too_large");
+                    return respond_error(r, 413, "request body too large", "invalid_request_error",
+                                         NULL, "request_too_large");
                 }
             }
         }
@@ -891,8 +884,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
 
 /* ---- server ------------------------------------------------------------- */
 
-__attribute__((format(printf, 2, 0))) static void mhd_logger(void *cls, const char *fmt,
-                                                              va_list ap)
+__attribute__((format(printf, 2, 0))) static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     char m[512];
@@ -919,8 +911,7 @@ static int bind_listen(const char *host, int port, int *port_out, char *err, siz
     }
     int fd = -1, e = 0;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                    ai->ai_protocol);
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
         if (fd < 0) {
             e = errno;
             continue;
@@ -1016,11 +1007,11 @@ int http_start(const struct http_deps *deps, const char *host, int port, http_se
     unsigned timeout = s->cfg->limits.connection_timeout_s;
     unsigned limit = s->cfg->limits.max_connections;
     s->mhd = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_USE_TURBO | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL,
-        NULL, access_handler, s, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
-        MHD_OPTION_CONNECTION_LIMIT, limit ? limit : 10000u, MHD_OPTION_CONNECTION_TIMEOUT,
-        timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)HTTP_CONN_MEMORY_LIMIT,
-        MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s,
+        MHD_USE_EPOLL | MHD_USE_TURBO | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        access_handler, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, s, MHD_OPTION_LISTEN_SOCKET,
+        (MHD_socket)fd, MHD_OPTION_CONNECTION_LIMIT, limit ? limit : 10000u,
+        MHD_OPTION_CONNECTION_TIMEOUT, timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)HTTP_CONN_MEMORY_LIMIT, MHD_OPTION_NOTIFY_COMPLETED, completed_cb, s,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 4096u, MHD_OPTION_END);
     if (!s->mhd) {
         close(fd);

@@ -149,8 +149,9 @@ static int run_daemon(const char *config_path, const char *listen, const char *p
         goto out;
     }
     char fields[256];
-    snprintf(fields, sizeof fields, "\"host\":\"%.100s\",\"port\":%d,\"arms\":%zu,\"version\":\"%s\"",
-             host, http_port(hs), cfg->n_arms, BANDITD_VERSION);
+    snprintf(fields, sizeof fields,
+             "\"host\":\"%.100s\",\"port\":%d,\"arms\":%zu,\"version\":\"%s\"", host, http_port(hs),
+             cfg->n_arms, BANDITD_VERSION);
     log_emit(LOG_INFO, "listening", fields);
     if (port_file && write_port_file(port_file, http_port(hs)) != 0) {
         fprintf(stderr, "banditd: cannot write port file %s\n", port_file);

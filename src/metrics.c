@@ -103,6 +103,20 @@ static int valid_utf8(const char *str)
     return 1;
 }
 
+/* Decimal digits of u into out (at least 21 bytes). */
+static void fmt_u64(char *out, uint64_t u)
+{
+    char tmp[24];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n] = '\0';
+}
+
 /* The shortest %g spelling (at least 6 significant digits, so that 10 is "10"
  * and not "1e+01", as Go's FormatFloat(v, 'g', -1) does) that reads back as
  * exactly v; Prometheus spellings for the non-finite values. */
@@ -114,6 +128,12 @@ static void fmt_double(char out[32], double v)
     }
     if (isinf(v)) {
         strcpy(out, v > 0 ? "+Inf" : "-Inf");
+        return;
+    }
+    if (v == floor(v) && fabs(v) < 1e15) { /* integral: the common case, no printf */
+        fmt_u64(out + (v < 0), (uint64_t)fabs(v));
+        if (v < 0)
+            out[0] = '-';
         return;
     }
     for (int prec = 6; prec <= 17; prec++) {
@@ -614,13 +634,21 @@ static int write_sample(struct util_buf *b, const struct metrics_family *f, cons
             if (s->labels_len)
                 rc = util_buf_append(b, ",", 1);
             if (!rc)
-                rc = util_buf_printf(b, "le=\"%s\"", le);
+                rc = util_buf_append(b, "le=\"", 4);
+            if (!rc)
+                rc = append_str(b, le);
+            if (!rc)
+                rc = util_buf_append(b, "\"", 1);
         }
         if (!rc)
             rc = util_buf_append(b, "}", 1);
     }
     if (!rc)
-        rc = util_buf_printf(b, " %s\n", value);
+        rc = util_buf_append(b, " ", 1);
+    if (!rc)
+        rc = append_str(b, value);
+    if (!rc)
+        rc = util_buf_append(b, "\n", 1);
     return rc;
 }
 
@@ -651,14 +679,14 @@ static int write_family(struct util_buf *b, const struct metrics_family *f)
         uint64_t cum = 0;
         for (size_t k = 0; k <= f->n_bounds && !rc; k++) {
             cum += s->buckets[k];
-            snprintf(num, sizeof num, "%llu", (unsigned long long)cum);
+            fmt_u64(num, cum);
             rc = write_sample(b, f, "_bucket", s, f->le[k], num);
         }
         assert(rc || cum == s->count);
         fmt_double(num, s->sum);
         if (!rc)
             rc = write_sample(b, f, "_sum", s, NULL, num);
-        snprintf(num, sizeof num, "%llu", (unsigned long long)s->count);
+        fmt_u64(num, s->count);
         if (!rc)
             rc = write_sample(b, f, "_count", s, NULL, num);
     }
@@ -821,8 +849,12 @@ static double cb_cpu(void *u)
 }
 static double cb_start(void *u)
 {
+    /* Constant for the process; /proc/stat is slow to read, so read once. */
+    static double cached = NAN;
     (void)u;
-    return metrics_proc_start_time_s();
+    if (isnan(cached))
+        cached = metrics_proc_start_time_s();
+    return cached;
 }
 
 int metrics_process_register(struct metrics *m)

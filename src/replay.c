@@ -195,6 +195,8 @@ static void usage(FILE *f)
                "         [--preference W | --sweep N] [--seed S] [--warmup FILE2]\n"
                "         [--format table|json|csv] [--prices FILE] [--plot FILE.svg]\n"
                "         [--jobs N] [--out FILE]\n"
+               "  --config FILE   router settings (its arms are ignored: the arms are the\n"
+               "                  data's models, priced from --prices)\n"
                "  --preference W  weight on quality in [0,1] (default: the config's default)\n"
                "  --sweep N       N preference points from 0 to 1 (Pareto curve, APGR, CPT)\n"
                "  --seed S        shuffle seed (default 1)\n"

@@ -40,7 +40,7 @@ struct router {
     enum config_policy policy;
     double alpha, thompson_v;
     struct util_rng rng;
-    double cbar, lbar;    /* running means of per-request maxima */
+    double cbar, lbar; /* running means of per-request maxima */
     double cbar_n, lbar_n;
     struct arm arms[ROUTER_MAX_ARMS];
 };

@@ -29,6 +29,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -64,17 +65,24 @@ struct req {
     int too_big;
 };
 
-static volatile sig_atomic_t g_stop;
+static atomic_int g_stop; /* set once on SIGINT/SIGTERM; cuts simulated delays short */
 
-static void sleep_ms(double ms)
+/* Sleep ms in short slices; returns early (and 1) once a stop was requested,
+ * so that shutdown never waits for a long simulated answer. */
+static int sleep_ms(double ms)
 {
-    if (!(ms > 0))
-        return;
-    struct timespec ts;
-    ts.tv_sec = (time_t)(ms / 1000.0);
-    ts.tv_nsec = (long)((ms - (double)ts.tv_sec * 1000.0) * 1e6);
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
+    double end = util_now_ms() + (ms > 0 ? ms : 0);
+    for (;;) {
+        if (atomic_load(&g_stop))
+            return 1;
+        double left = end - util_now_ms();
+        if (left <= 0)
+            return 0;
+        if (left > 20)
+            left = 20;
+        struct timespec ts = {0, (long)(left * 1e6)};
+        nanosleep(&ts, NULL);
+    }
 }
 
 static enum MHD_Result send_text(struct MHD_Connection *conn, unsigned status, const char *ctype,
@@ -112,8 +120,7 @@ static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status, 
     cJSON_AddStringToObject(e, "code", code);
     char *txt = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
-    enum MHD_Result ret =
-        txt ? send_text(conn, status, "application/json", txt) : MHD_NO;
+    enum MHD_Result ret = txt ? send_text(conn, status, "application/json", txt) : MHD_NO;
     free(txt);
     return ret;
 }
@@ -168,8 +175,7 @@ struct stream {
     size_t sent;
 };
 
-static int chunk(struct stream *s, const char *content, int role, const char *finish,
-                 int usage)
+static int chunk(struct stream *s, const char *content, int role, const char *finish, int usage)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", s->id);
@@ -223,7 +229,8 @@ static ssize_t stream_cb(void *cls, uint64_t pos, char *buf, size_t max)
         int rc = 0;
         switch (s->phase) {
         case 0:
-            sleep_ms(s->ttft_ms);
+            if (sleep_ms(s->ttft_ms))
+                return MHD_CONTENT_READER_END_WITH_ERROR;
             rc = chunk(s, "", 1, NULL, 0);
             s->phase = s->len ? 1 : 2;
             break;
@@ -236,7 +243,8 @@ static ssize_t stream_cb(void *cls, uint64_t pos, char *buf, size_t max)
             rc = chunk(s, s->text + s->pos, 0, NULL, 0);
             s->text[end] = save;
             s->pos = end;
-            sleep_ms(s->piece_ms);
+            if (sleep_ms(s->piece_ms))
+                return MHD_CONTENT_READER_END_WITH_ERROR;
             if (s->pos >= s->len)
                 s->phase = 2;
             break;
@@ -390,8 +398,8 @@ static enum MHD_Result chat(struct sim *S, struct MHD_Connection *conn, struct r
         size_t pieces = (s->len + SIM_PIECE_CHARS - 1) / SIM_PIECE_CHARS;
         s->piece_ms = pieces ? (total_ms - s->ttft_ms) / (double)pieces : 0.0;
         util_buf_init(&s->pending, 1u << 20);
-        resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_cb, s,
-                                                 stream_free);
+        resp =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_cb, s, stream_free);
         if (!resp) {
             stream_free(s);
             return MHD_NO;
@@ -630,9 +638,8 @@ int main(int argc, char **argv)
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
         (uint16_t)port, NULL, NULL, handler, &S, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)SIM_MAX_CONNECTIONS,
-        MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
-        MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)SIM_MAX_CONNECTIONS, MHD_OPTION_CONNECTION_TIMEOUT,
+        120u, MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_END);
     if (!d) {
         fprintf(stderr, "banditd-sim: cannot listen on %s:%ld\n", host, port);
         dataset_destroy(S.ds);
@@ -649,9 +656,9 @@ int main(int argc, char **argv)
     fprintf(stderr, "banditd-sim: %zu rows, %d models, listening on %s:%u (speed %g)\n",
             dataset_n_rows(S.ds), dataset_n_models(S.ds), host, bound, speed);
     int sig = 0;
-    while (!g_stop) {
+    while (!atomic_load(&g_stop)) {
         if (sigwait(&set, &sig) == 0)
-            g_stop = 1;
+            atomic_store(&g_stop, 1);
     }
     MHD_stop_daemon(d);
     dataset_destroy(S.ds);

@@ -6,8 +6,8 @@
 
 #include <cjson/cJSON.h>
 
-char *stats_json(const struct config *cfg, const router *rt, const decisions *ds,
-                 size_t inflight, size_t connections)
+char *stats_json(const struct config *cfg, const router *rt, const decisions *ds, size_t inflight,
+                 size_t connections)
 {
     assert(cfg && rt);
     cJSON *root = cJSON_CreateObject();

@@ -23,7 +23,7 @@ struct upstream_call {
     struct curl_slist *headers;
     struct upstream_cbs cb;
     void *ud;
-    long status;           /* status of the latest status line */
+    long status; /* status of the latest status line */
     char content_type[128];
     int headers_done;
     double t_start_ms;
@@ -41,12 +41,12 @@ struct upstream {
     CURLM *multi;
     struct upstream_call *calls; /* live calls, doubly linked */
     size_t n_calls;
-    int epfd;                    /* curl's sockets + extra fd + wakefd */
-    int wakefd;                  /* eventfd */
-    int extra_fd;                /* registered extra fd, -1 none */
-    double timer_deadline_ms;    /* curl's timer, <0 none */
+    int epfd;                 /* curl's sockets + extra fd + wakefd */
+    int wakefd;               /* eventfd */
+    int extra_fd;             /* registered extra fd, -1 none */
+    double timer_deadline_ms; /* curl's timer, <0 none */
     struct epoll_event ev[UPSTREAM_MAX_EVENTS];
-    int n_ev;                    /* events from the last upstream_poll */
+    int n_ev; /* events from the last upstream_poll */
 };
 
 static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)

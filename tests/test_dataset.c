@@ -73,7 +73,7 @@ START_TEST(parses_rows_models_and_outcomes)
     ck_assert_int_eq(o->prompt_tokens, 10);
     ck_assert_int_eq(o->completion_tokens, 7);
     ck_assert_double_eq_tol(o->cost_usd, 0.0000102, 1e-15);
-    ck_assert_ptr_null(o->response); /* responses only when asked */
+    ck_assert_ptr_null(o->response);           /* responses only when asked */
     ck_assert_ptr_null(dataset_outcome(r, 2)); /* row 1 has no "third" */
     ck_assert_int_eq(dataset_row_complete(ds, r), 0);
 
@@ -140,16 +140,17 @@ START_TEST(malformed_lines_name_their_number)
 {
     const char *good = "{\"prompt\": \"a\", \"outcomes\": {\"m\": {\"quality\": 1}}}\n";
     char text[1024];
-    snprintf(text, sizeof text, "%s\n%s{\"prompt\": \"b\", \"outcomes\": {\"m\": {\"quality\": 1}}\n",
-             good, good);
+    snprintf(text, sizeof text,
+             "%s\n%s{\"prompt\": \"b\", \"outcomes\": {\"m\": {\"quality\": 1}}\n", good, good);
     expect_error(text, BD_ERR_INVALID, ":4: not a JSON object");
     snprintf(text, sizeof text, "%s%s{\"outcomes\": {\"m\": {\"quality\": 1}}}\n", good, good);
     expect_error(text, BD_ERR_INVALID, ":3: \"prompt\"");
-    snprintf(text, sizeof text, "%s{\"prompt\": \"b\", \"outcomes\": {\"m\": {\"quality\": 1.5}}}\n",
-             good);
+    snprintf(text, sizeof text,
+             "%s{\"prompt\": \"b\", \"outcomes\": {\"m\": {\"quality\": 1.5}}}\n", good);
     expect_error(text, BD_ERR_INVALID, ":2: outcomes.m.quality");
-    snprintf(text, sizeof text, "%s{\"prompt\": \"b\", \"outcomes\": {\"m\": {\"quality\": 1, "
-                                "\"cost_usd\": -1}}}\n",
+    snprintf(text, sizeof text,
+             "%s{\"prompt\": \"b\", \"outcomes\": {\"m\": {\"quality\": 1, "
+             "\"cost_usd\": -1}}}\n",
              good);
     expect_error(text, BD_ERR_INVALID, ":2: outcomes.m:");
     snprintf(text, sizeof text, "{\"prompt\": \"b\", \"outcomes\": {}}\n");
@@ -180,8 +181,7 @@ START_TEST(missing_file_is_io_error)
     char err[256] = "";
     ck_assert_int_eq(dataset_load("/nonexistent/x.jsonl", 0, &ds, err, sizeof err), BD_ERR_IO);
     ck_assert_ptr_nonnull(strstr(err, "/nonexistent/x.jsonl"));
-    ck_assert_int_eq(dataset_load("/nonexistent/x.jsonl.gz", 0, &ds, err, sizeof err),
-                     BD_ERR_IO);
+    ck_assert_int_eq(dataset_load("/nonexistent/x.jsonl.gz", 0, &ds, err, sizeof err), BD_ERR_IO);
     ck_assert_ptr_null(ds);
 }
 END_TEST
@@ -217,10 +217,9 @@ START_TEST(prices_from_file_and_fallback)
     ck_assert_int_eq(dataset_price(ds, 2, &in, &out), 1);
     ck_assert_double_eq_tol(in, 0.001 * 1e6 / 4.0, 1e-9);
     ck_assert_double_eq_tol(out, in, 1e-12);
-    const char *pp = write_file("prices.json",
-                                "{\"big\": {\"input\": 10.0, \"output\": 30.0},"
-                                " \"other\": {\"input\": 1, \"output\": 2},"
-                                " \"small\": {\"input\": 0.6, \"output\": 0.6}}");
+    const char *pp = write_file("prices.json", "{\"big\": {\"input\": 10.0, \"output\": 30.0},"
+                                               " \"other\": {\"input\": 1, \"output\": 2},"
+                                               " \"small\": {\"input\": 0.6, \"output\": 0.6}}");
     ck_assert_int_eq(dataset_load_prices(ds, pp, err, sizeof err), 0);
     ck_assert_int_eq(dataset_price(ds, 0, &in, &out), 0);
     ck_assert_double_eq(in, 10.0);
@@ -240,8 +239,9 @@ END_TEST
 START_TEST(latency_model)
 {
     static const char *models[] = {"gpt-4-1106-preview", "mixtral-8x7b-instruct-v0.1",
-                                   "llama-2-7b-chat-hf", "llama-2-70b-chat-hf", "Yi-34B-Chat",
-                                   "gpt-3.5-turbo-1106", "unknown-model"};
+                                   "llama-2-7b-chat-hf", "llama-2-70b-chat-hf",
+                                   "Yi-34B-Chat",        "gpt-3.5-turbo-1106",
+                                   "unknown-model"};
     for (size_t i = 0; i < sizeof models / sizeof *models; i++) {
         double prev = -1;
         for (long t = 0; t <= 4000; t += 50) {

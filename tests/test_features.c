@@ -176,8 +176,14 @@ START_TEST(test_odd_input_is_safe)
 {
     double x[D];
     /* invalid UTF-8, control bytes, lone continuation bytes, only punctuation */
-    const char *odd[] = {"\xff\xfe\xfd", "\x80\x80\x80\x80 abc \xc3", "\x01\x02\x03\x7f",
-                         "?!?!...;;;", "```", "``````````", "   \t\n  ", "x"};
+    const char *odd[] = {"\xff\xfe\xfd",
+                         "\x80\x80\x80\x80 abc \xc3",
+                         "\x01\x02\x03\x7f",
+                         "?!?!...;;;",
+                         "```",
+                         "``````````",
+                         "   \t\n  ",
+                         "x"};
     for (size_t k = 0; k < sizeof(odd) / sizeof(odd[0]); k++) {
         ck_assert_int_eq(features_from_prompt(odd[k], x, D), BD_OK);
         check_shape(x, D);

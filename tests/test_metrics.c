@@ -434,10 +434,22 @@ START_TEST(test_gauge_exposition)
     char *text = expose_str(m);
     ck_assert_ptr_nonnull(strstr(text, "t_temperature -Inf\n"));
     free(text);
-    metrics_gauge_set(g, 0.1);
-    text = expose_str(m);
-    ck_assert_ptr_nonnull(strstr(text, "t_temperature 0.1\n")); /* shortest round trip */
-    free(text);
+    /* Spellings: shortest that reads back exactly (checked with strtod). */
+    const double vals[] = {0.1, -42, 123456789012.0, 1e15, 1.0 / 3, -2.5e-9, 0x1p60, 0.0123};
+    const char *want[] = {"0.1", "-42", "123456789012", "1e+15", NULL, NULL, NULL, "0.0123"};
+    for (size_t i = 0; i < sizeof vals / sizeof vals[0]; i++) {
+        metrics_gauge_set(g, vals[i]);
+        text = expose_str(m);
+        const char *num = strstr(text, "\nt_temperature ");
+        ck_assert_ptr_nonnull(num);
+        num += strlen("\nt_temperature ");
+        ck_assert_double_eq(strtod(num, NULL), vals[i]);
+        if (want[i]) {
+            ck_assert_int_eq(strncmp(num, want[i], strlen(want[i])), 0);
+            ck_assert_int_eq(num[strlen(want[i])], '\n');
+        }
+        free(text);
+    }
     metrics_destroy(m);
 }
 END_TEST
@@ -890,6 +902,7 @@ START_TEST(test_process_metrics)
     volatile double x = 0;
     while (cpu_clock_s() - c0 < 0.1 && util_now_ms() - t0 < 20000)
         x += 1;
+    ck_assert(x > 0);
     double dcpu = metrics_proc_cpu_seconds() - cpu0, dref = cpu_clock_s() - c0;
     ck_assert_msg(dref >= 0.1, "busy loop got only %g s of CPU", dref);
     ck_assert_msg(fabs(dcpu - dref) < 0.05, "cpu seconds grew %g, reference %g", dcpu, dref);

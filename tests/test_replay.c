@@ -43,10 +43,9 @@ static void setup(void)
     snprintf(out_path, sizeof out_path, "%s/out.json", dir);
     FILE *f = fopen(data_path, "w");
     ck_assert_ptr_nonnull(f);
-    static const char *topics[] = {"prove the theorem about prime gaps",
-                                   "derive the integral of a rational function",
-                                   "explain the proof of the spectral theorem",
-                                   "solve this differential equation exactly"};
+    static const char *topics[] = {
+        "prove the theorem about prime gaps", "derive the integral of a rational function",
+        "explain the proof of the spectral theorem", "solve this differential equation exactly"};
     n_zebra = 0;
     for (int i = 0; i < N_ROWS; i++) {
         int zebra = (i * 7919) % 5 < 2; /* 40% of the rows, spread over the file */
@@ -69,8 +68,9 @@ static void setup(void)
     ck_assert_int_eq(fclose(f), 0);
     f = fopen(prices_path, "w");
     ck_assert_ptr_nonnull(f);
-    fprintf(f, "{\"strong-x\": {\"input\": %g, \"output\": %g}, \"cheap-y\": {\"input\": %g, "
-               "\"output\": %g}}\n",
+    fprintf(f,
+            "{\"strong-x\": {\"input\": %g, \"output\": %g}, \"cheap-y\": {\"input\": %g, "
+            "\"output\": %g}}\n",
             STRONG_IN, STRONG_OUT, CHEAP_IN, CHEAP_OUT);
     ck_assert_int_eq(fclose(f), 0);
 }
@@ -141,15 +141,13 @@ START_TEST(baselines_match_independent_values)
     ck_assert_double_eq_tol(num(j, "baselines.always_strong.mean_latency_ms"),
                             400 + CT / 50.0 * 1000, 1e-6);
     ck_assert_double_eq_tol(num(j, "baselines.always_cheapest.mean_quality"), fz, 1e-12);
-    ck_assert_double_eq_tol(num(j, "baselines.always_cheapest.mean_cost_usd"), cheap_cost(),
-                            1e-9);
+    ck_assert_double_eq_tol(num(j, "baselines.always_cheapest.mean_cost_usd"), cheap_cost(), 1e-9);
     ck_assert_double_eq_tol(num(j, "baselines.oracle.mean_quality"), 1.0, 1e-12);
     ck_assert_double_eq_tol(num(j, "baselines.oracle.mean_cost_usd"),
                             fz * cheap_cost() + (1 - fz) * strong_cost(), 1e-9);
     /* by source: the zebra rows are "animals" */
     ck_assert_double_eq(num(j, "by_source.animals.rows"), n_zebra);
-    ck_assert_double_eq_tol(num(j, "by_source.animals.always_cheapest.mean_quality"), 1.0,
-                            1e-12);
+    ck_assert_double_eq_tol(num(j, "by_source.animals.always_cheapest.mean_quality"), 1.0, 1e-12);
     ck_assert_double_eq_tol(num(j, "by_source.maths.always_cheapest.mean_quality"), 0.0, 1e-12);
 
     /* the point: shares sum to 1; derived metrics agree with the means */
@@ -166,8 +164,7 @@ START_TEST(baselines_match_independent_values)
     ck_assert_double_eq_tol(num(p, "random.mean_quality"), s_strong + (1 - s_strong) * fz, 1e-9);
     /* the contextual router learns the zebra rule: near-oracle quality at a
      * real saving, where the non-contextual bandit must pick one arm */
-    ck_assert_msg(num(p, "quality_retention") > 0.95, "retention %g",
-                  num(p, "quality_retention"));
+    ck_assert_msg(num(p, "quality_retention") > 0.95, "retention %g", num(p, "quality_retention"));
     ck_assert_msg(num(p, "cost_saving") > 0.25, "saving %g", num(p, "cost_saving"));
     const cJSON *nc = cJSON_GetObjectItem(p, "non_contextual");
     double nc_ret = num(nc, "quality_retention"), nc_save = num(nc, "cost_saving");
@@ -180,8 +177,7 @@ START_TEST(quality_only_preference_keeps_quality)
 {
     cJSON *j = run_json("--preference", "1", "--seed", "7");
     const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "points"), 0);
-    ck_assert_msg(num(p, "quality_retention") > 0.97, "retention %g",
-                  num(p, "quality_retention"));
+    ck_assert_msg(num(p, "quality_retention") > 0.97, "retention %g", num(p, "quality_retention"));
     cJSON_Delete(j);
     j = run_json("--preference", "0", NULL, NULL);
     p = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "points"), 0);
@@ -232,10 +228,8 @@ START_TEST(sweep_metrics_match_the_points)
     ck_assert(cJSON_IsNumber(cJSON_GetObjectItem(j, "cpt50")));
     ck_assert(cJSON_IsNumber(cJSON_GetObjectItem(j, "cpt80")));
     ck_assert(num(j, "cpt50") <= num(j, "cpt80") + 1e-12);
-    ck_assert(cJSON_IsNumber(
-        cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(j, "baselines"),
-                                                "non_contextual"),
-                            "apgr")));
+    ck_assert(cJSON_IsNumber(cJSON_GetObjectItem(
+        cJSON_GetObjectItem(cJSON_GetObjectItem(j, "baselines"), "non_contextual"), "apgr")));
     cJSON_Delete(j);
 }
 END_TEST

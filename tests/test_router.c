@@ -85,7 +85,8 @@ static void run_bandit(int policy, double *reg5k, double *reg20k)
     util_rng_seed(&rng, 77);
     double theta[BA][BD];
     make_bandit(theta, &env);
-    struct config *cfg = make_cfg(BA, BD, policy == 1 ? CONFIG_POLICY_THOMPSON : CONFIG_POLICY_LINUCB);
+    struct config *cfg =
+        make_cfg(BA, BD, policy == 1 ? CONFIG_POLICY_THOMPSON : CONFIG_POLICY_LINUCB);
     router *r = router_create(cfg);
     ck_assert_ptr_nonnull(r);
     double x[BD], regret = 0.0;

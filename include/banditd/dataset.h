@@ -35,10 +35,10 @@ struct dataset_outcome {
 };
 
 struct dataset_row {
-    char *id;     /* never NULL ("" when absent) */
-    char *prompt; /* never NULL */
-    char *source; /* never NULL ("" when absent) */
-    int n_out;    /* entries in out[] (models known when the row was read) */
+    char *id;                    /* never NULL ("" when absent) */
+    char *prompt;                /* never NULL */
+    char *source;                /* never NULL ("" when absent) */
+    int n_out;                   /* entries in out[] (models known when the row was read) */
     struct dataset_outcome *out; /* indexed by model index; use dataset_outcome() */
 };
 

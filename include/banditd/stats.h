@@ -12,7 +12,7 @@
  *  "decisions_pending":N,"inflight":N,"connections":N}
  * mean_reward is null before any feedback. ds may be NULL. Returns a malloc'd
  * string (caller frees) or NULL on OOM. */
-char *stats_json(const struct config *cfg, const router *rt, const decisions *ds,
-                 size_t inflight, size_t connections);
+char *stats_json(const struct config *cfg, const router *rt, const decisions *ds, size_t inflight,
+                 size_t connections);
 
 #endif

@@ -35,13 +35,13 @@ struct upstream_cbs {
 };
 
 struct upstream_req {
-    const char *url;        /* full URL, copied by curl */
-    const char *api_key;    /* "Authorization: Bearer <key>" when non-NULL and non-empty */
-    const char *body;       /* borrowed: must stay valid until on_done or cancel */
+    const char *url;     /* full URL, copied by curl */
+    const char *api_key; /* "Authorization: Bearer <key>" when non-NULL and non-empty */
+    const char *body;    /* borrowed: must stay valid until on_done or cancel */
     size_t body_len;
-    long timeout_ms;        /* total deadline (0 = none) */
+    long timeout_ms; /* total deadline (0 = none) */
     long connect_timeout_ms;
-    int stream;             /* Accept: text/event-stream */
+    int stream; /* Accept: text/event-stream */
 };
 
 /* max_total: cap on open upstream connections (0 = unlimited); max_host: per

@@ -237,7 +237,9 @@ def assert_openai_error(resp, status):
         obj = resp.json()
     except ValueError:
         raise AssertionError("error body is not JSON: %r" % resp.body[:300])
-    assert isinstance(obj, dict) and isinstance(obj.get("error"), dict), "not OpenAI shape: %r" % obj
+    assert isinstance(obj, dict) and isinstance(obj.get("error"), dict), (
+        "not OpenAI shape: %r" % obj
+    )
     e = obj["error"]
     assert isinstance(e.get("message"), str) and e["message"], "error.message: %r" % obj
     assert isinstance(e.get("type"), str) and e["type"], "error.type: %r" % obj
@@ -743,7 +745,7 @@ def concurrency_run(n, slow_ms=2000, timeout=60.0, stream=False, barrier=True):
        together, whatever the machine's speed): figures prefixed "barrier_".
     Returns a dict of figures; the processes are stopped (banditd checked with
     finish(): alive, exit 0 on SIGTERM, no sanitizer report) before returning."""
-    nofile = max(4 * n + 1024, 4096)
+    nofile = max(2 * n + 1024, 4096)
     raise_nofile(nofile)
     fake = FakeUpstream(record=False)
     key = "E2E_KEY_CHEAP"

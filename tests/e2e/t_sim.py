@@ -214,7 +214,18 @@ def main():
         print(f"latency at speed 20: {took[20.0]:.0f} ms, at 40: {took[40.0]:.0f} ms "
               f"(model: {want / 20:.0f} / {want / 40:.0f})")
 
-        # 6. startup errors: missing data, unknown --models entry
+        # 6. SIGTERM does not wait for a long simulated answer (10.6 s at speed 1)
+        import threading
+        sim = Sim(data, tmp)
+        t = threading.Thread(target=lambda: sim.post(chat(STRONG, "slow one", stream=True),
+                                                     stream=True), daemon=True)
+        t.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        sim.stop()
+        assert time.monotonic() - t0 < 3.0, time.monotonic() - t0
+
+        # 7. startup errors: missing data, unknown --models entry
         p = subprocess.run([SIM, "--data", os.path.join(tmp, "none.jsonl"), "--port", "0"],
                            capture_output=True, timeout=10)
         assert p.returncode != 0 and b"none.jsonl" in p.stderr, p

@@ -1,0 +1,80 @@
+/* libFuzzer harness: a hostile POST /v1/chat/completions body.
+ *
+ * Feeds the bytes to openai_chat_parse; on success checks the documented
+ * shape and rewrites the request for an upstream (twice, as for a fallback
+ * arm) and re-parses the rewrite. The same bytes also go through
+ * openai_parse_usage, the parser of upstream completion bodies. */
+#include "fuzz.h"
+
+#include <cjson/cJSON.h>
+
+#include "banditd/err.h"
+#include "banditd/openai.h"
+
+#define UPSTREAM_MODEL "upstream-model-\xc3\xa9"
+
+static void check_rewrite(struct openai_chat *c)
+{
+    size_t n = 0;
+    char *s = openai_chat_rewrite(c, UPSTREAM_MODEL, &n);
+    if (!s)
+        return; /* OOM only */
+    FUZZ_CHECK(strlen(s) == n);
+    cJSON *re = cJSON_ParseWithLength(s, n + 1);
+    FUZZ_CHECK(re != NULL);
+    FUZZ_CHECK(cJSON_IsObject(re));
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(re, "model");
+    FUZZ_CHECK(cJSON_IsString(m) && strcmp(m->valuestring, UPSTREAM_MODEL) == 0);
+    FUZZ_CHECK(cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(re, "messages")));
+    if (c->stream) {
+        const cJSON *so = cJSON_GetObjectItemCaseSensitive(re, "stream_options");
+        FUZZ_CHECK(cJSON_IsObject(so));
+        FUZZ_CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage")));
+    }
+    cJSON_Delete(re);
+    free(s);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    const char *body = (const char *)data;
+    struct openai_chat c;
+    memset(&c, 0, sizeof c);
+    char err[256];
+    memset(err, 'x', sizeof err);
+    const char *param = NULL;
+    int rc = openai_chat_parse(body, size, &c, err, sizeof err, &param);
+    if (rc == 0) {
+        FUZZ_CHECK(c.root != NULL && cJSON_IsObject(c.root));
+        FUZZ_CHECK(c.model != NULL && c.model[0] != '\0');
+        FUZZ_CHECK(cJSON_IsArray(c.messages) && cJSON_GetArraySize(c.messages) > 0);
+        FUZZ_CHECK(c.stream == 0 || c.stream == 1);
+        FUZZ_CHECK(c.max_tokens >= -1);
+        /* The model the router sees must survive a rewrite (fallback reuses it). */
+        size_t mlen = strlen(c.model);
+        char *model = malloc(mlen + 1);
+        FUZZ_CHECK(model != NULL);
+        memcpy(model, c.model, mlen + 1);
+        check_rewrite(&c);
+        check_rewrite(&c);
+        FUZZ_CHECK(strcmp(c.model, model) == 0);
+        free(model);
+        openai_chat_free(&c);
+    } else {
+        FUZZ_CHECK(rc == BD_ERR_INVALID || rc == BD_ERR_NOMEM);
+        if (rc == BD_ERR_INVALID)
+            FUZZ_CHECK(fuzz_terminated(err, sizeof err) && err[0] != '\0');
+        if (param)
+            FUZZ_CHECK(strlen(param) < 256);
+    }
+
+    long pt = 0, ct = 0;
+    char id[128];
+    size_t cc = 0;
+    memset(id, 'x', sizeof id);
+    rc = openai_parse_usage(body, size, &pt, &ct, id, sizeof id, &cc);
+    FUZZ_CHECK(rc == 0 || rc == BD_ERR_INVALID || rc == BD_ERR_NOMEM);
+    FUZZ_CHECK(fuzz_terminated(id, sizeof id));
+    FUZZ_CHECK(pt >= -1 && ct >= -1);
+    return 0;
+}
