@@ -196,7 +196,8 @@ struct metrics_banditd; /* the catalogue (opaque); the registry owns the series 
  * arms[0..n_arms). All request, feedback and per-arm series are created here,
  * with value 0, so that the hot path never allocates. *out receives the
  * catalogue. Returns 0, BD_ERR_INVALID (NULL/empty arm name or version),
- * BD_ERR_EXISTS (reg already has a banditd family), BD_ERR_NOMEM. */
+ * BD_ERR_EXISTS (reg already has a banditd or process_* family),
+ * BD_ERR_NOMEM. On error reg may keep some of the families: destroy it. */
 int metrics_banditd_create(struct metrics *reg, const char *version, const char *const *arms,
                            size_t n_arms, struct metrics_banditd **out);
 /* Free the catalogue (not the registry or its series). NULL is a no-op. */

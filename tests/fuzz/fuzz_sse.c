@@ -50,7 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     size_t k = data[0] & 15;
-    int long_prefix = (data[0] >> 4) & 1;
+    int long_prefix = (data[0] >> 4) == 0xf;
     if (size < 1 + k)
         return 0;
     const uint8_t *lens = data + 1;
