@@ -99,3 +99,8 @@ format:
 
 clean:
 	rm -rf build build-san
+
+# libFuzzer harnesses of every parser of hostile input (needs clang); each runs
+# FUZZ_TIME seconds (default 60). See tests/fuzz/README.md.
+fuzz:
+	@tests/fuzz/run.sh

@@ -22,8 +22,8 @@ static void check_config(const struct config *cfg)
     FUZZ_CHECK(cfg->router.forgetting > 0 && cfg->router.forgetting <= 1);
     FUZZ_CHECK(fuzz_terminated(cfg->listen_host, sizeof cfg->listen_host));
     FUZZ_CHECK(cfg->listen_port >= 0 && cfg->listen_port <= 65535);
-    FUZZ_CHECK(fuzz_terminated(cfg->router.default_preference,
-                               sizeof cfg->router.default_preference));
+    FUZZ_CHECK(
+        fuzz_terminated(cfg->router.default_preference, sizeof cfg->router.default_preference));
     /* The default preference must itself be a valid header value. */
     struct pref_weights w;
     char perr[128];
