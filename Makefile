@@ -12,7 +12,7 @@ BUILD    ?= build
 CC       ?= cc
 SANITIZE ?=
 
-PKGS     := libmicrohttpd libcurl libcjson openblas sqlite3
+PKGS     := libmicrohttpd libcurl libcjson openblas sqlite3 hiredis
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wformat=2 -Werror
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=c11 -D_GNU_SOURCE $(WARN) -Iinclude

@@ -292,7 +292,7 @@ static int parse_arm(struct ctx *c, const cJSON *a, size_t i, struct config_arm 
     static const char *const fields[] = {"name",        "base_url",           "model",
                                          "api_key_env", "price_in_per_mtok",  "price_out_per_mtok",
                                          "timeout_ms",  "connect_timeout_ms", "prior_quality",
-                                         NULL};
+                                         "ttfb_timeout_ms", "max_inflight", NULL};
     char path[32];
     int rc;
     snprintf(path, sizeof path, "arms[%zu]", i);
@@ -352,6 +352,14 @@ static int parse_arm(struct ctx *c, const cJSON *a, size_t i, struct config_arm 
     if ((rc = get_integer(c, a, "connect_timeout_ms", path, &t, 1, 86400000LL)))
         return rc;
     arm->connect_timeout_ms = (long)t;
+    t = 0;
+    if ((rc = get_integer(c, a, "ttfb_timeout_ms", path, &t, 0, 86400000LL)))
+        return rc;
+    arm->ttfb_timeout_ms = (long)t;
+    t = 0;
+    if ((rc = get_integer(c, a, "max_inflight", path, &t, 0, 1000000)))
+        return rc;
+    arm->max_inflight = (unsigned)t;
     if (member(a, "prior_quality")) {
         if ((rc = get_number(c, a, "prior_quality", path, &arm->prior_quality, 0, 0, 1, 0,
                              "in [0, 1]", 0)))
@@ -594,28 +602,66 @@ static int parse_sections(struct ctx *c, const cJSON *root, struct config *cfg)
     if ((rc = get_object(c, root, "store", "", &o)))
         return rc;
     if (o) {
-        static const char *const f[] = {"path", NULL};
+        static const char *const f[] = {"path", "snapshot_interval_s", "snapshot_every",
+                                        "queue_cap", NULL};
         if ((rc = check_fields(c, o, "store", f)) ||
             (rc = get_string(c, o, "path", "store", cfg->store.path, sizeof cfg->store.path, 0)))
             return rc;
+        v = cfg->store.snapshot_interval_s;
+        if ((rc = get_integer(c, o, "snapshot_interval_s", "store", &v, 1, 86400)))
+            return rc;
+        cfg->store.snapshot_interval_s = (long)v;
+        v = cfg->store.snapshot_every;
+        if ((rc = get_integer(c, o, "snapshot_every", "store", &v, 1, 1000000000LL)))
+            return rc;
+        cfg->store.snapshot_every = (long)v;
+        v = cfg->store.queue_cap;
+        if ((rc = get_integer(c, o, "queue_cap", "store", &v, 16, 1048576)))
+            return rc;
+        cfg->store.queue_cap = (long)v;
     }
     /* auth */
     if ((rc = get_object(c, root, "auth", "", &o)))
         return rc;
     if (o) {
-        static const char *const f[] = {"client_keys_env", "admin_key_env", NULL};
+        static const char *const f[] = {"client_keys_env", "admin_key_env", "client_keys_file",
+                                        "allow_unauthenticated_remote", NULL};
         if ((rc = check_fields(c, o, "auth", f)) ||
             (rc = env_string(c, o, "client_keys_env", "auth", cfg->auth.client_keys_env,
                              sizeof cfg->auth.client_keys_env)) ||
             (rc = env_string(c, o, "admin_key_env", "auth", cfg->auth.admin_key_env,
-                             sizeof cfg->auth.admin_key_env)))
+                             sizeof cfg->auth.admin_key_env)) ||
+            (rc = get_string(c, o, "client_keys_file", "auth", cfg->auth.client_keys_file,
+                             sizeof cfg->auth.client_keys_file, 0)))
             return rc;
+        const cJSON *ar = member(o, "allow_unauthenticated_remote");
+        if (ar) {
+            if (!cJSON_IsBool(ar))
+                return fail(c, "auth.allow_unauthenticated_remote: must be true or false");
+            cfg->auth.allow_unauthenticated_remote = cJSON_IsTrue(ar) ? 1 : 0;
+        }
+    }
+    /* health */
+    if ((rc = get_object(c, root, "health", "", &o)))
+        return rc;
+    if (o) {
+        static const char *const f[] = {"failure_threshold", "cooldown_ms", NULL};
+        if ((rc = check_fields(c, o, "health", f)))
+            return rc;
+        v = cfg->health.failure_threshold;
+        if ((rc = get_integer(c, o, "failure_threshold", "health", &v, 1, 1000000)))
+            return rc;
+        cfg->health.failure_threshold = (int)v;
+        v = cfg->health.cooldown_ms;
+        if ((rc = get_integer(c, o, "cooldown_ms", "health", &v, 1, 86400000LL)))
+            return rc;
+        cfg->health.cooldown_ms = (long)v;
     }
     /* log */
     if ((rc = get_object(c, root, "log", "", &o)))
         return rc;
     if (o) {
-        static const char *const f[] = {"level", "file", NULL};
+        static const char *const f[] = {"level", "file", "debug_bodies", NULL};
         char level[16] = "info";
         if ((rc = check_fields(c, o, "log", f)))
             return rc;
@@ -631,13 +677,21 @@ static int parse_sections(struct ctx *c, const cJSON *root, struct config *cfg)
         cfg->log.level = l;
         if ((rc = get_string(c, o, "file", "log", cfg->log.file, sizeof cfg->log.file, 0)))
             return rc;
+        const cJSON *db = member(o, "debug_bodies");
+        if (db) {
+            if (!cJSON_IsBool(db))
+                return fail(c, "log.debug_bodies: must be true or false");
+            cfg->log.debug_bodies = cJSON_IsTrue(db) ? 1 : 0;
+        }
     }
     /* limits */
     if ((rc = get_object(c, root, "limits", "", &o)))
         return rc;
     if (o) {
-        static const char *const f[] = {"max_body_bytes", "max_connections", "connection_timeout_s",
-                                        "max_inflight", NULL};
+        static const char *const f[] = {"max_body_bytes",     "max_connections",
+                                        "connection_timeout_s", "max_inflight",
+                                        "max_fallbacks",      "max_retries",
+                                        "request_timeout_ms", "shutdown_grace_s", NULL};
         if ((rc = check_fields(c, o, "limits", f)))
             return rc;
         v = (long long)cfg->limits.max_body_bytes;
@@ -656,6 +710,22 @@ static int parse_sections(struct ctx *c, const cJSON *root, struct config *cfg)
         if ((rc = get_integer(c, o, "max_inflight", "limits", &v, 1, 1000000)))
             return rc;
         cfg->limits.max_inflight = (unsigned)v;
+        v = cfg->limits.max_fallbacks;
+        if ((rc = get_integer(c, o, "max_fallbacks", "limits", &v, 0, CONFIG_MAX_ARMS)))
+            return rc;
+        cfg->limits.max_fallbacks = (int)v;
+        v = cfg->limits.max_retries;
+        if ((rc = get_integer(c, o, "max_retries", "limits", &v, 0, 10)))
+            return rc;
+        cfg->limits.max_retries = (int)v;
+        v = cfg->limits.request_timeout_ms;
+        if ((rc = get_integer(c, o, "request_timeout_ms", "limits", &v, 1, 86400000LL)))
+            return rc;
+        cfg->limits.request_timeout_ms = (long)v;
+        v = cfg->limits.shutdown_grace_s;
+        if ((rc = get_integer(c, o, "shutdown_grace_s", "limits", &v, 0, 86400)))
+            return rc;
+        cfg->limits.shutdown_grace_s = (unsigned)v;
     }
     return 0;
 }
@@ -683,6 +753,9 @@ static void fill_defaults(struct config *cfg)
     cfg->feedback.ttl_s = 86400;
     cfg->feedback.max_pending = 1000000;
     cfg->store.path[0] = '\0';
+    cfg->store.snapshot_interval_s = 60;
+    cfg->store.snapshot_every = 1000;
+    cfg->store.queue_cap = 4096;
     cfg->auth.client_keys_env[0] = '\0';
     cfg->auth.admin_key_env[0] = '\0';
     cfg->log.level = LOG_INFO;
@@ -691,6 +764,14 @@ static void fill_defaults(struct config *cfg)
     cfg->limits.max_connections = 10000;
     cfg->limits.connection_timeout_s = 30;
     cfg->limits.max_inflight = 10000;
+    cfg->limits.max_fallbacks = 2;
+    cfg->limits.max_retries = 1;
+    cfg->limits.request_timeout_ms = 120000;
+    cfg->limits.shutdown_grace_s = 30;
+    cfg->auth.client_keys_file[0] = '\0';
+    cfg->auth.allow_unauthenticated_remote = 0;
+    cfg->health.failure_threshold = 5;
+    cfg->health.cooldown_ms = 10000;
 }
 
 struct config *config_defaults(void)
@@ -710,7 +791,8 @@ void config_destroy(struct config *cfg)
 static int parse_root(struct ctx *c, const cJSON *root, struct config *cfg)
 {
     static const char *const fields[] = {"listen", "arms", "aliases", "router", "feedback",
-                                         "store",  "auth", "log",     "limits", NULL};
+                                         "store",  "auth", "log",     "limits", "health",
+                                         NULL};
     int rc;
     if (!cJSON_IsObject(root))
         return fail(c, "(top level): must be a JSON object");

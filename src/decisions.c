@@ -484,3 +484,24 @@ size_t decisions_tombstones(const decisions *ds)
 {
     return ds->tombs.n;
 }
+
+size_t decisions_remap_arms(decisions *ds, const int *map, int n_old)
+{
+    assert(ds && map && n_old >= 0);
+    size_t dropped = 0;
+    uint32_t idx = ds->live.head;
+    while (idx != NIL) {
+        struct node *n = &ds->nodes[idx];
+        uint32_t next = n->next;
+        int arm = n->d.arm;
+        int to = arm >= 0 && arm < n_old ? map[arm] : -1;
+        if (to >= 0) {
+            n->d.arm = to;
+        } else {
+            make_tomb(ds, idx, NODE_EXPIRED);
+            dropped++;
+        }
+        idx = next;
+    }
+    return dropped;
+}

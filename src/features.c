@@ -74,20 +74,52 @@ static inline uint64_t fmix64(uint64_t k)
     return k;
 }
 
-static inline int is_word_byte(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c >= 0x80;
-}
+/* Byte classes (one table lookup per byte instead of a chain of compares). */
+enum {
+    C_WORD = 1,     /* ASCII letter/digit, '_' or any byte >= 0x80 */
+    C_DIGIT = 2,    /* '0'..'9' */
+    C_MATHS = 4,    /* = + * / ^ < > \\ $ % (backslash included) */
+    C_SPACE = 8,    /* space, tab, LF, CR, FF, VT */
+    C_QUESTION = 16,
+    C_BACKTICK = 32,
+    C_NUL = 64,
+};
 
-static inline int is_space(unsigned char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
+struct byte_class {
+    unsigned char lower; /* ASCII-lowercased byte */
+    unsigned char cls;   /* C_* bits */
+};
 
-static inline int is_maths(unsigned char c)
+static struct byte_class class_tab[256];
+
+static void class_tab_init(void)
 {
-    return c == '=' || c == '+' || c == '*' || c == '/' || c == '^' || c == '<' || c == '>' ||
-           c == '\\' || c == '$' || c == '%';
+    static int done = 0; /* benign race: every thread writes the same bytes */
+    if (done)
+        return;
+    for (int i = 0; i < 256; i++) {
+        unsigned char c = (unsigned char)i, l = c, k = 0;
+        if (c >= 'A' && c <= 'Z')
+            l = (unsigned char)(c + ('a' - 'A'));
+        if ((l >= 'a' && l <= 'z') || (l >= '0' && l <= '9') || l == '_' || l >= 0x80)
+            k |= C_WORD;
+        if (l >= '0' && l <= '9')
+            k |= C_DIGIT;
+        if (l == '=' || l == '+' || l == '*' || l == '/' || l == '^' || l == '<' || l == '>' ||
+            l == '\\' || l == '$' || l == '%')
+            k |= C_MATHS;
+        if (l == ' ' || l == '\t' || l == '\n' || l == '\r' || l == '\f' || l == '\v')
+            k |= C_SPACE;
+        if (l == '?')
+            k |= C_QUESTION;
+        if (l == '`')
+            k |= C_BACKTICK;
+        if (l == 0)
+            k |= C_NUL;
+        class_tab[i].lower = l;
+        class_tab[i].cls = k;
+    }
+    done = 1;
 }
 
 /* Scan one message's user text (at most len bytes; stops at a NUL). Hot
@@ -124,35 +156,38 @@ static void scan_text(struct acc *a, const char *text, size_t len)
 #define STREAM(ch)                                                                                 \
     do {                                                                                           \
         tri = ((tri << 8) | (ch)) & 0xffffffu;                                                     \
-        if (tri_n < 3)                                                                             \
-            tri_n++;                                                                               \
-        if (tri_n == 3)                                                                            \
-            PUT(((uint64_t)tri ^ TAG_CHAR) * 0x9e3779b97f4a7c15ULL, W_CHAR3);                      \
+        if (__builtin_expect(tri_n < 3, 0) && ++tri_n < 3)                                         \
+            break;                                                                                 \
+        PUT(((uint64_t)tri ^ TAG_CHAR) * 0x9e3779b97f4a7c15ULL, W_CHAR3);                      \
     } while (0)
 
-    for (i = 0; i < len && p[i] != 0; i++) {
-        unsigned char c = p[i];
-        if (c >= 'A' && c <= 'Z')
-            c = (unsigned char)(c + ('a' - 'A'));
-        if (is_word_byte(c)) {
-            if (c <= '9' && c >= '0')
-                digits++;
-            if (!in_word) {
-                in_word = 1;
-                word = FNV_OFFSET;
-            }
-            word = (word ^ c) * FNV_PRIME;
-            STREAM(c);
+    const struct byte_class *tab = class_tab;
+    i = 0;
+    while (i < len) {
+        struct byte_class bc = tab[p[i]];
+        if (bc.cls & C_WORD) {
+            /* one whole word: the hottest path */
+            in_word = 1;
+            word = FNV_OFFSET;
+            do {
+                unsigned char c = bc.lower;
+                digits += (bc.cls & C_DIGIT) != 0;
+                word = (word ^ c) * FNV_PRIME;
+                STREAM(c);
+                if (++i >= len)
+                    break;
+                bc = tab[p[i]];
+            } while (bc.cls & C_WORD);
+            END_WORD();
             last_space = 0;
             continue;
         }
-        if (in_word)
-            END_WORD();
-        if (c == '?')
-            questions++;
-        else if (is_maths(c))
-            maths++;
-        if (c == '`') {
+        if (bc.cls & C_NUL)
+            break;
+        unsigned char c = bc.lower;
+        questions += (bc.cls & C_QUESTION) != 0;
+        maths += (bc.cls & C_MATHS) != 0;
+        if (bc.cls & C_BACKTICK) {
             if (++backticks == 3) {
                 fences++;
                 backticks = 0;
@@ -160,7 +195,7 @@ static void scan_text(struct acc *a, const char *text, size_t len)
         } else {
             backticks = 0;
         }
-        if (is_space(c)) {
+        if (bc.cls & C_SPACE) {
             if (!last_space)
                 STREAM(' ');
             last_space = 1;
@@ -168,6 +203,7 @@ static void scan_text(struct acc *a, const char *text, size_t len)
             STREAM(c);
             last_space = 0;
         }
+        i++;
     }
     if (in_word)
         END_WORD();
@@ -183,6 +219,7 @@ static void scan_text(struct acc *a, const char *text, size_t len)
 
 static void acc_init(struct acc *a, double *x, int dim)
 {
+    class_tab_init();
     memset(a, 0, sizeof(*a));
     memset(x, 0, (size_t)dim * sizeof(double));
     a->h = x + 1 + FEATURES_N_DENSE;

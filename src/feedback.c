@@ -5,9 +5,16 @@
  * [0,1] or a boolean, optional comment a string), then the decision lookup
  * (404/409/410), the client check (403), and finally router_feedback followed
  * by decisions_take. The decision is marked taken only after the router
- * accepted the reward, so a failed update can be retried (exactly once). */
+ * accepted the reward, so a failed update can be retried (exactly once).
+ *
+ * The durable path (feedback_submit) shares the checks (resolve_item) and
+ * the answer builder (build_answer); a resolved item is queued in the store
+ * and settled by its commit callback (on_commit). In-flight request ids are
+ * kept in a small chained hash set so that a second feedback gets 409 while
+ * the first one waits for its commit. */
 #include "banditd/feedback.h"
 #include "banditd/err.h"
+#include "banditd/log.h"
 #include "banditd/openai.h"
 
 #include <assert.h>
@@ -27,7 +34,7 @@
 #define T_SERVER "server_error"
 
 struct item_result {
-    int status; /* 200 or the error's HTTP status */
+    int status; /* 200 or the error's HTTP status; 0 = queued, not settled */
     const char *type, *code;
     char param[ECHO_MAX + 1]; /* "" = null */
     char message[192];
@@ -84,22 +91,28 @@ static int too_deep(const char *s, size_t len, int limit)
     return 0;
 }
 
-static void process_item(decisions *ds, router *rt, const cJSON *item, uint64_t client, int admin,
-                         double now_s, struct item_result *r)
+/* Shape checks, decision lookup and the client check. On success
+ * r->status == 200 (nothing applied yet), r->id / r->arm are set and *dout,
+ * *reward hold the decision (borrowed from ds) and the reward; otherwise r
+ * holds the error. */
+static void resolve_item(decisions *ds, const cJSON *item, uint64_t client, int admin,
+                         double now_s, struct item_result *r, double *reward,
+                         const struct decision **dout)
 {
     memset(r, 0, sizeof *r);
     r->arm = -1;
+    *dout = NULL;
     if (!cJSON_IsObject(item)) {
         fail(r, 400, T_INVALID, "invalid_body", NULL, "feedback must be a JSON object");
         return;
     }
-    const cJSON *rid = NULL, *reward = NULL, *comment = NULL;
+    const cJSON *rid = NULL, *rw = NULL, *comment = NULL;
     for (const cJSON *c = item->child; c; c = c->next) {
         const cJSON **slot = NULL;
         if (c->string && strcmp(c->string, "request_id") == 0)
             slot = &rid;
         else if (c->string && strcmp(c->string, "reward") == 0)
-            slot = &reward;
+            slot = &rw;
         else if (c->string && strcmp(c->string, "comment") == 0)
             slot = &comment;
         char name[ECHO_MAX + 1];
@@ -123,18 +136,18 @@ static void process_item(decisions *ds, router *rt, const cJSON *item, uint64_t 
              "'request_id' must be a non-empty string");
         return;
     }
-    if (!reward) {
+    if (!rw) {
         fail(r, 400, T_INVALID, "missing_reward", "reward", "missing field 'reward'");
         return;
     }
     double rv;
-    if (cJSON_IsTrue(reward)) {
+    if (cJSON_IsTrue(rw)) {
         rv = 1.0;
-    } else if (cJSON_IsFalse(reward)) {
+    } else if (cJSON_IsFalse(rw)) {
         rv = 0.0;
-    } else if (cJSON_IsNumber(reward) && isfinite(reward->valuedouble) &&
-               reward->valuedouble >= 0.0 && reward->valuedouble <= 1.0) {
-        rv = reward->valuedouble + 0.0; /* -0 -> +0 */
+    } else if (cJSON_IsNumber(rw) && isfinite(rw->valuedouble) && rw->valuedouble >= 0.0 &&
+               rw->valuedouble <= 1.0) {
+        rv = rw->valuedouble + 0.0; /* -0 -> +0 */
     } else {
         fail(r, 400, T_INVALID, "invalid_reward", "reward",
              "'reward' must be a number in [0,1] or a boolean");
@@ -174,7 +187,16 @@ static void process_item(decisions *ds, router *rt, const cJSON *item, uint64_t 
     }
     snprintf(r->id, sizeof r->id, "%s", d->id);
     r->arm = d->arm;
-    rc = router_feedback(rt, d->arm, d->x, rv);
+    *reward = rv;
+    *dout = d;
+    r->status = 200;
+}
+
+/* The synchronous path: apply a resolved item to the router now. */
+static void apply_now(decisions *ds, router *rt, const struct decision *d, double rv,
+                      struct item_result *r)
+{
+    int rc = router_feedback(rt, d->arm, d->x, rv);
     if (rc != BD_OK) {
         /* Not taken: the decision stays pending and the update can be retried. */
         fail(r, 500, T_SERVER, "feedback_not_applied", NULL, "could not apply feedback: %s",
@@ -229,47 +251,37 @@ static int respond_json(cJSON *root, int status, int *status_out, char **body_ou
     return BD_OK;
 }
 
-static int handle_single(decisions *ds, router *rt, const cJSON *obj, uint64_t client, int admin,
-                         double now_s, int *status, char **body_out)
-{
+/* One item of a request, from resolution to its answer. */
+struct item {
     struct item_result r;
-    process_item(ds, rt, obj, client, admin, now_s, &r);
-    if (r.status != 200)
-        return respond_item_error(&r, status, body_out);
-    cJSON *root = cJSON_CreateObject();
-    int ok = root && cJSON_AddStringToObject(root, "request_id", r.id) &&
-             cJSON_AddStringToObject(root, "status", "applied") &&
-             cJSON_AddNumberToObject(root, "arm", r.arm);
-    if (!ok) {
-        cJSON_Delete(root);
-        return BD_ERR_NOMEM;
-    }
-    return respond_json(root, 200, status, body_out);
-}
+    char *given_id; /* batch: the request_id as given (a string), else NULL */
+    /* durable path */
+    struct feedback_job *job;
+    double reward;
+    double *x; /* features copied at submit time, until settled */
+    char arm_name[STORE_NAME_MAX];
+};
 
-static int handle_batch(decisions *ds, router *rt, const cJSON *root, const cJSON *list,
-                        uint64_t client, int admin, double now_s, int *status, char **body_out)
+/* The answer document for settled items: a single item's answer, or the
+ * batch list. Returns 0 or BD_ERR_NOMEM. */
+static int build_answer(int batch, const struct item *items, size_t n, int *status,
+                        char **body_out)
 {
-    for (const cJSON *c = root->child; c; c = c->next) {
-        if (c != list) {
-            char name[ECHO_MAX + 1], msg[160];
-            echo_copy(name, sizeof name, c->string);
-            snprintf(msg, sizeof msg, "unknown field '%s' (a batch holds only 'feedback')", name);
-            return respond_error(400, T_INVALID, "unknown_field", name, msg, status, body_out);
+    if (!batch) {
+        assert(n == 1);
+        const struct item_result *r = &items[0].r;
+        if (r->status != 200)
+            return respond_item_error(r, status, body_out);
+        cJSON *root = cJSON_CreateObject();
+        int ok = root && cJSON_AddStringToObject(root, "request_id", r->id) &&
+                 cJSON_AddStringToObject(root, "status", "applied") &&
+                 cJSON_AddNumberToObject(root, "arm", r->arm);
+        if (!ok) {
+            cJSON_Delete(root);
+            return BD_ERR_NOMEM;
         }
+        return respond_json(root, 200, status, body_out);
     }
-    if (!cJSON_IsArray(list))
-        return respond_error(400, T_INVALID, "invalid_batch", "feedback",
-                             "'feedback' must be an array of feedback objects", status, body_out);
-    size_t n = 0;
-    for (const cJSON *c = list->child; c; c = c->next)
-        if (++n > FEEDBACK_MAX_BATCH) {
-            char msg[96];
-            snprintf(msg, sizeof msg, "a batch holds at most %d items", FEEDBACK_MAX_BATCH);
-            return respond_error(400, T_INVALID, "batch_too_large", "feedback", msg, status,
-                                 body_out);
-        }
-
     cJSON *out = cJSON_CreateObject();
     cJSON *data = out ? cJSON_CreateArray() : NULL;
     int ok = data && cJSON_AddStringToObject(out, "object", "list");
@@ -278,28 +290,26 @@ static int handle_batch(decisions *ds, router *rt, const cJSON *root, const cJSO
     else
         cJSON_Delete(data);
     long applied = 0, failed = 0;
-    for (const cJSON *c = list->child; ok && c; c = c->next) {
-        struct item_result r;
-        process_item(ds, rt, c, client, admin, now_s, &r);
+    for (size_t i = 0; ok && i < n; i++) {
+        const struct item_result *r = &items[i].r;
+        assert(r->status != 0 && "every item is settled");
         cJSON *it = cJSON_CreateObject();
         ok = it != NULL;
         if (ok)
             cJSON_AddItemToArray(data, it);
-        if (r.status == 200) {
+        if (r->status == 200) {
             applied++;
-            ok = ok && cJSON_AddStringToObject(it, "request_id", r.id) &&
+            ok = ok && cJSON_AddStringToObject(it, "request_id", r->id) &&
                  cJSON_AddStringToObject(it, "status", "applied") &&
-                 cJSON_AddNumberToObject(it, "arm", r.arm);
+                 cJSON_AddNumberToObject(it, "arm", r->arm);
         } else {
             failed++;
-            const cJSON *rid =
-                cJSON_IsObject(c) ? cJSON_GetObjectItemCaseSensitive(c, "request_id") : NULL;
             ok = ok &&
-                 (cJSON_IsString(rid) && rid->valuestring
-                      ? cJSON_AddStringToObject(it, "request_id", rid->valuestring) != NULL
+                 (items[i].given_id
+                      ? cJSON_AddStringToObject(it, "request_id", items[i].given_id) != NULL
                       : cJSON_AddNullToObject(it, "request_id") != NULL) &&
                  cJSON_AddStringToObject(it, "status", "error");
-            cJSON *e = ok ? error_object(&r) : NULL;
+            cJSON *e = ok ? error_object(r) : NULL;
             if (e)
                 cJSON_AddItemToObject(it, "error", e);
             ok = e != NULL;
@@ -315,12 +325,15 @@ static int handle_batch(decisions *ds, router *rt, const cJSON *root, const cJSO
     return respond_json(out, 200, status, body_out);
 }
 
-int feedback_handle(decisions *ds, router *rt, const char *body, size_t len, uint64_t client,
-                    int admin, double now_s, int *status, char **body_out)
+/* Parse the body and check the envelope. Returns BD_ERR_NOMEM, or 0 with
+ * either *root (caller deletes), *list (the batch array, NULL for a single
+ * item) and *n (items), or *root == NULL and an error answer produced. */
+static int parse_envelope(const char *body, size_t len, cJSON **root_out, const cJSON **list_out,
+                          size_t *n_out, int *status, char **body_out)
 {
-    assert(ds && rt && status && body_out);
-    assert(decisions_dim(ds) == router_dim(rt));
-    *body_out = NULL;
+    *root_out = NULL;
+    *list_out = NULL;
+    *n_out = 0;
     if (!body || len == 0)
         return respond_error(400, T_INVALID, "invalid_json", NULL, "empty request body", status,
                              body_out);
@@ -341,15 +354,368 @@ int feedback_handle(decisions *ds, router *rt, const char *body, size_t len, uin
     if (!root)
         return respond_error(400, T_INVALID, "invalid_json", NULL, "request body is not valid JSON",
                              status, body_out);
-    int rc;
+    int rc = BD_OK;
     if (!cJSON_IsObject(root)) {
         rc = respond_error(400, T_INVALID, "invalid_body", NULL,
                            "request body must be a JSON object", status, body_out);
-    } else {
-        const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "feedback");
-        rc = list ? handle_batch(ds, rt, root, list, client, admin, now_s, status, body_out)
-                  : handle_single(ds, rt, root, client, admin, now_s, status, body_out);
+        cJSON_Delete(root);
+        return rc;
     }
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "feedback");
+    if (!list) {
+        *root_out = root;
+        *n_out = 1;
+        return BD_OK;
+    }
+    for (const cJSON *c = root->child; c; c = c->next) {
+        if (c != list) {
+            char name[ECHO_MAX + 1], msg[160];
+            echo_copy(name, sizeof name, c->string);
+            snprintf(msg, sizeof msg, "unknown field '%s' (a batch holds only 'feedback')", name);
+            rc = respond_error(400, T_INVALID, "unknown_field", name, msg, status, body_out);
+            cJSON_Delete(root);
+            return rc;
+        }
+    }
+    if (!cJSON_IsArray(list)) {
+        rc = respond_error(400, T_INVALID, "invalid_batch", "feedback",
+                           "'feedback' must be an array of feedback objects", status, body_out);
+        cJSON_Delete(root);
+        return rc;
+    }
+    size_t n = 0;
+    for (const cJSON *c = list->child; c; c = c->next)
+        if (++n > FEEDBACK_MAX_BATCH) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "a batch holds at most %d items", FEEDBACK_MAX_BATCH);
+            rc = respond_error(400, T_INVALID, "batch_too_large", "feedback", msg, status,
+                               body_out);
+            cJSON_Delete(root);
+            return rc;
+        }
+    *root_out = root;
+    *list_out = list;
+    *n_out = n;
+    return BD_OK;
+}
+
+/* The item objects of a parsed envelope, and their given request ids. */
+static int collect_items(const cJSON *root, const cJSON *list, struct item *items, size_t n,
+                         const cJSON **objs)
+{
+    if (!list) {
+        objs[0] = root;
+        return BD_OK;
+    }
+    size_t i = 0;
+    for (const cJSON *c = list->child; c && i < n; c = c->next, i++) {
+        objs[i] = c;
+        const cJSON *rid =
+            cJSON_IsObject(c) ? cJSON_GetObjectItemCaseSensitive(c, "request_id") : NULL;
+        if (cJSON_IsString(rid) && rid->valuestring) {
+            items[i].given_id = strdup(rid->valuestring);
+            if (!items[i].given_id)
+                return BD_ERR_NOMEM;
+        }
+    }
+    return BD_OK;
+}
+
+static void free_items(struct item *items, size_t n)
+{
+    if (!items)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(items[i].given_id);
+        free(items[i].x);
+    }
+    free(items);
+}
+
+int feedback_handle(decisions *ds, router *rt, const char *body, size_t len, uint64_t client,
+                    int admin, double now_s, int *status, char **body_out)
+{
+    assert(ds && rt && status && body_out);
+    assert(decisions_dim(ds) == router_dim(rt));
+    *body_out = NULL;
+    cJSON *root;
+    const cJSON *list;
+    size_t n;
+    int rc = parse_envelope(body, len, &root, &list, &n, status, body_out);
+    if (rc != BD_OK || !root)
+        return rc;
+    struct item *items = calloc(n ? n : 1, sizeof *items);
+    const cJSON **objs = calloc(n ? n : 1, sizeof *objs);
+    rc = items && objs ? collect_items(root, list, items, n, objs) : BD_ERR_NOMEM;
+    for (size_t i = 0; rc == BD_OK && i < n; i++) {
+        const struct decision *d;
+        double rv = 0;
+        resolve_item(ds, objs[i], client, admin, now_s, &items[i].r, &rv, &d);
+        if (items[i].r.status == 200)
+            apply_now(ds, rt, d, rv, &items[i].r);
+    }
+    if (rc == BD_OK)
+        rc = build_answer(list != NULL, items, n, status, body_out);
+    free(objs);
+    free_items(items, n);
     cJSON_Delete(root);
     return rc;
+}
+
+/* ---- the durable path ---------------------------------------------------- */
+
+#define FA_BUCKETS 4096 /* in-flight set; at most a few queue capacities of ids */
+
+struct fa_node {
+    struct fa_node *next;
+    char id[33];
+};
+
+struct feedback_async {
+    decisions *ds;
+    router *rt;
+    store *st;
+    struct feedback_arms arms;
+    feedback_applied_fn on_applied;
+    void *applied_ud;
+    size_t inflight;
+    struct fa_node *buckets[FA_BUCKETS];
+};
+
+struct feedback_job {
+    feedback_async *fa;
+    int batch;
+    size_t n, outstanding;
+    struct item *items;
+    feedback_reply_fn reply;
+    void *reply_ud;
+    int detached;
+};
+
+static size_t id_hash(const char *id)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *id; id++)
+        h = (h ^ (unsigned char)*id) * 1099511628211ull;
+    return (size_t)(h % FA_BUCKETS);
+}
+
+static int inflight_has(const feedback_async *fa, const char *id)
+{
+    for (const struct fa_node *n = fa->buckets[id_hash(id)]; n; n = n->next)
+        if (strcmp(n->id, id) == 0)
+            return 1;
+    return 0;
+}
+
+static int inflight_add(feedback_async *fa, const char *id)
+{
+    struct fa_node *n = calloc(1, sizeof *n);
+    if (!n)
+        return BD_ERR_NOMEM;
+    snprintf(n->id, sizeof n->id, "%s", id);
+    size_t h = id_hash(id);
+    n->next = fa->buckets[h];
+    fa->buckets[h] = n;
+    fa->inflight++;
+    return BD_OK;
+}
+
+static void inflight_del(feedback_async *fa, const char *id)
+{
+    for (struct fa_node **p = &fa->buckets[id_hash(id)]; *p; p = &(*p)->next) {
+        if (strcmp((*p)->id, id) == 0) {
+            struct fa_node *n = *p;
+            *p = n->next;
+            free(n);
+            fa->inflight--;
+            return;
+        }
+    }
+}
+
+feedback_async *feedback_async_create(decisions *ds, router *rt, store *st,
+                                      const struct feedback_arms *arms,
+                                      feedback_applied_fn on_applied, void *applied_ud)
+{
+    assert(ds && rt && st && arms && arms->name && arms->index);
+    assert(decisions_dim(ds) == router_dim(rt) && store_dim(st) == router_dim(rt));
+    feedback_async *fa = calloc(1, sizeof *fa);
+    if (!fa)
+        return NULL;
+    fa->ds = ds;
+    fa->rt = rt;
+    fa->st = st;
+    fa->arms = *arms;
+    fa->on_applied = on_applied;
+    fa->applied_ud = applied_ud;
+    return fa;
+}
+
+void feedback_async_destroy(feedback_async *fa)
+{
+    if (!fa)
+        return;
+    assert(fa->inflight == 0 && "destroy after store_close: every item settled");
+    for (size_t i = 0; i < FA_BUCKETS; i++) {
+        while (fa->buckets[i]) {
+            struct fa_node *n = fa->buckets[i];
+            fa->buckets[i] = n->next;
+            free(n);
+        }
+    }
+    free(fa);
+}
+
+size_t feedback_async_inflight(const feedback_async *fa)
+{
+    return fa->inflight;
+}
+
+static void job_free(struct feedback_job *job)
+{
+    free_items(job->items, job->n);
+    free(job);
+}
+
+static void job_finish(struct feedback_job *job)
+{
+    if (!job->detached && job->reply) {
+        int status = 500;
+        char *body = NULL;
+        if (build_answer(job->batch, job->items, job->n, &status, &body) != BD_OK) {
+            status = 500;
+            body = NULL;
+        }
+        job->reply(job->reply_ud, status, body);
+    }
+    job_free(job);
+}
+
+/* Store callback (loop thread, from store_dispatch or store_close). */
+static void on_commit(int rc, int64_t seq, void *ud)
+{
+    struct item *it = ud;
+    struct feedback_job *job = it->job;
+    feedback_async *fa = job->fa;
+    inflight_del(fa, it->r.id);
+    if (rc == BD_OK) {
+        /* The arm's index now (a reload may have renumbered it). */
+        int arm = fa->arms.index(fa->arms.ud, it->arm_name);
+        int ar = arm >= 0 ? router_feedback(fa->rt, arm, it->x, it->reward) : BD_ERR_NOTFOUND;
+        if (ar != BD_OK)
+            log_msgf(LOG_ERROR,
+                     "feedback %s is stored (seq %lld) but the model refused it: %s; a restore "
+                     "from an older snapshot retries it",
+                     it->r.id, (long long)seq, bd_strerror(ar));
+        decisions_take(fa->ds, it->r.id); /* NOTFOUND when evicted meanwhile: fine */
+        if (fa->on_applied && arm >= 0)
+            fa->on_applied(fa->applied_ud, arm, seq);
+        it->r.status = 200;
+    } else if (rc == BD_ERR_EXISTS) {
+        decisions_take(fa->ds, it->r.id);
+        fail(&it->r, 409, T_INVALID, "duplicate_feedback", "request_id",
+             "feedback for this request_id was already applied");
+    } else {
+        fail(&it->r, 503, T_SERVER, "store_unavailable", NULL,
+             "feedback could not be stored (%s); nothing was applied, retry later",
+             bd_strerror(rc));
+    }
+    free(it->x);
+    it->x = NULL;
+    assert(job->outstanding > 0);
+    if (--job->outstanding == 0)
+        job_finish(job);
+}
+
+int feedback_submit(feedback_async *fa, const char *body, size_t len, uint64_t client, int admin,
+                    double now_s, feedback_reply_fn reply, void *reply_ud, feedback_job **job_out,
+                    int *status, char **body_out)
+{
+    assert(fa && job_out && status && body_out);
+    *job_out = NULL;
+    *body_out = NULL;
+    cJSON *root;
+    const cJSON *list;
+    size_t n;
+    int rc = parse_envelope(body, len, &root, &list, &n, status, body_out);
+    if (rc != BD_OK || !root)
+        return rc;
+    struct feedback_job *job = calloc(1, sizeof *job);
+    const cJSON **objs = calloc(n ? n : 1, sizeof *objs);
+    if (job) {
+        job->fa = fa;
+        job->batch = list != NULL;
+        job->n = n;
+        job->items = calloc(n ? n : 1, sizeof *job->items);
+    }
+    rc = job && objs && job->items ? collect_items(root, list, job->items, n, objs)
+                                   : BD_ERR_NOMEM;
+    size_t dim = (size_t)decisions_dim(fa->ds);
+    for (size_t i = 0; rc == BD_OK && i < n; i++) {
+        struct item *it = &job->items[i];
+        const struct decision *d;
+        double rv = 0;
+        resolve_item(fa->ds, objs[i], client, admin, now_s, &it->r, &rv, &d);
+        if (it->r.status != 200)
+            continue;
+        if (inflight_has(fa, it->r.id)) {
+            fail(&it->r, 409, T_INVALID, "duplicate_feedback", "request_id",
+                 "feedback for this request_id is already being applied");
+            continue;
+        }
+        it->x = malloc(dim * sizeof *it->x);
+        if (!it->x) {
+            fail(&it->r, 500, T_SERVER, "internal_error", NULL, "out of memory");
+            continue;
+        }
+        memcpy(it->x, d->x, dim * sizeof *it->x);
+        it->reward = rv;
+        it->job = job;
+        const char *name = fa->arms.name(fa->arms.ud, it->r.arm);
+        snprintf(it->arm_name, sizeof it->arm_name, "%s", name ? name : "");
+        int pr = name ? store_put_feedback(fa->st, it->r.id, it->arm_name, it->x, (int)dim, rv,
+                                           now_s, on_commit, it)
+                      : BD_ERR_NOTFOUND;
+        if (pr != BD_OK) {
+            free(it->x);
+            it->x = NULL;
+            if (pr == BD_ERR_BUSY)
+                fail(&it->r, 503, T_SERVER, "store_busy", NULL,
+                     "the durable store is saturated; retry shortly");
+            else
+                fail(&it->r, 500, T_SERVER, "internal_error", NULL, "cannot queue feedback: %s",
+                     bd_strerror(pr));
+            continue;
+        }
+        /* Queued: settled by on_commit. Without the in-flight mark (OOM) a
+         * concurrent duplicate is still caught by the store's UNIQUE id. */
+        inflight_add(fa, it->r.id);
+        it->r.status = 0;
+        job->outstanding++;
+    }
+    free(objs);
+    cJSON_Delete(root);
+    if (rc != BD_OK) {
+        /* OOM before anything was queued (collect_items runs first). */
+        assert(!job || job->outstanding == 0);
+        if (job)
+            job_free(job);
+        return rc;
+    }
+    if (job->outstanding == 0) {
+        rc = build_answer(job->batch, job->items, n, status, body_out);
+        job_free(job);
+        return rc;
+    }
+    job->reply = reply;
+    job->reply_ud = reply_ud;
+    *job_out = job;
+    return BD_OK;
+}
+
+void feedback_job_detach(feedback_job *job)
+{
+    if (job)
+        job->detached = 1;
 }

@@ -5,17 +5,22 @@
  * its callback records it in the request state and resumes the connection;
  * MHD then calls the access handler again, which queues the response. */
 #include "banditd/http.h"
+#include "banditd/auth.h"
 #include "banditd/err.h"
 #include "banditd/features.h"
 #include "banditd/feedback.h"
+#include "banditd/health.h"
 #include "banditd/log.h"
+#include "banditd/metrics.h"
 #include "banditd/openai.h"
 #include "banditd/pref.h"
+#include "banditd/state.h"
 #include "banditd/stats.h"
 #include "banditd/util.h"
 
 #include <assert.h>
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <stdarg.h>
@@ -30,12 +35,19 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 
-#define HTTP_CONN_MEMORY_LIMIT (64 * 1024)
+/* MHD zeroes a connection's whole pool after every request and grows the read
+ * buffer into all of it, so this is both per-request CPU (a 64 KiB memset was
+ * ~20% of banditd's instructions per request) and resident memory per open
+ * connection (5000 slow connections × 64 KiB = 320 MB). 16 KiB still holds a
+ * 12 KiB+ header block; bodies stream through the read buffer in pieces. */
+#define HTTP_CONN_MEMORY_LIMIT (16 * 1024)
 #define HTTP_UPSTREAM_BODY_MAX ((size_t)64 * 1024 * 1024) /* buffered upstream answer */
 #define HTTP_RELAY_MAX ((size_t)1024 * 1024)              /* SSE relay buffer */
 #define HTTP_STREAM_BLOCK (32 * 1024)
 #define HTTP_FEEDBACK_BODY_MAX ((size_t)8 * 1024 * 1024)
 #define HTTP_PATH_LOG_MAX 128
+#define HTTP_METRICS_MAX ((size_t)16 * 1024 * 1024) /* one /metrics exposition */
+#define HTTP_BODY_LOG_MAX 4096                      /* log.debug_bodies: bytes logged */
 
 enum route {
     R_NOTFOUND = 0,
@@ -45,6 +57,20 @@ enum route {
     R_READY,
     R_FEEDBACK,
     R_STATS,
+    R_METRICS,
+    R_ADMIN_RELOAD,
+    R_DEBUG_MODEL,
+};
+
+/* One generation of the arm table (see http.h: reload ownership). */
+struct gen {
+    const struct config *cfg;
+    int owns_cfg; /* generation 0 borrows main's config */
+    char **keys;  /* per arm: API key from the environment, or NULL */
+    char **urls;  /* per arm: {base_url}/chat/completions */
+    int *marm;    /* per arm: index in the metrics catalogue, or -1 */
+    health *h;    /* per arm circuit + in-flight counts (this generation's numbering) */
+    unsigned refs;
 };
 
 enum phase {
@@ -58,6 +84,22 @@ enum phase {
 
 struct req {
     http_server *srv;
+    feedback_job *fb_job; /* durable feedback waiting for its commit, or NULL */
+    struct gen *g; /* the generation whose arm table r->arm and r->dec index */
+    /* resilience and auth (issue 6) */
+    uint64_t client;   /* auth_client_id of the caller's key, 0 = none */
+    int is_admin;      /* caller presented the admin key */
+    int www_auth;      /* add WWW-Authenticate: Bearer (401) */
+    int admitted;      /* the current attempt holds a health admission */
+    int probe;         /* ... as the arm's half-open probe */
+    int admitted_arm;
+    int pinned;        /* the model named an arm: never fall back */
+    int retries;       /* same-arm retries done */
+    long retry_after_ms; /* Retry-After of the last upstream answer, -1 none */
+    double deadline_ms;  /* overall deadline (monotonic) */
+    long cap_ms;         /* X-Bandit-Timeout-Ms, 0 = none */
+    upstream_timer *retry_timer;
+    int counted;   /* counted in banditd_inflight_requests */
     struct MHD_Connection *conn;
     struct req *prev, *next;
     enum route route;
@@ -110,6 +152,7 @@ struct req {
     char final_ctype[128];
     int final_routed;
     int final_retry_after;
+    int close_conn; /* answer with Connection: close (draining) */
     const char *allow;
 
     unsigned status; /* what was queued, for the access log */
@@ -121,12 +164,118 @@ struct http_server {
     struct MHD_Daemon *mhd;
     int port;
     int epfd;
-    char **keys; /* per arm: API key from the environment, or NULL */
-    char **urls; /* per arm: {base_url}/chat/completions */
+    struct gen *cur; /* current generation (holds one reference) */
+    auth *auth;      /* client/admin keys (immutable) */
     struct req *reqs;
     size_t n_reqs;
     int stopping;
+    int draining;
+    http_reload_fn reload_fn;
+    void *reload_ud;
 };
+
+static void gen_unref(struct gen *g)
+{
+    if (!g)
+        return;
+    assert(g->refs > 0);
+    if (--g->refs)
+        return;
+    for (size_t i = 0; i < g->cfg->n_arms; i++) {
+        if (g->keys && g->keys[i]) {
+            memset(g->keys[i], 0, strlen(g->keys[i]));
+            free(g->keys[i]);
+        }
+        if (g->urls)
+            free(g->urls[i]);
+    }
+    free(g->keys);
+    free(g->urls);
+    free(g->marm);
+    health_destroy(g->h);
+    if (g->owns_cfg)
+        config_destroy((struct config *)g->cfg);
+    free(g);
+}
+
+/* A new generation for cfg (1 reference). Reads each arm's key from the
+ * environment. NULL on OOM (then cfg is not taken). */
+static struct gen *gen_new(const struct config *cfg, struct metrics_banditd *mcat)
+{
+    struct gen *g = calloc(1, sizeof *g);
+    if (!g)
+        return NULL;
+    g->cfg = cfg;
+    g->refs = 1;
+    size_t n = cfg->n_arms;
+    g->keys = calloc(n ? n : 1, sizeof *g->keys);
+    g->urls = calloc(n ? n : 1, sizeof *g->urls);
+    g->marm = calloc(n ? n : 1, sizeof *g->marm);
+    if (!g->keys || !g->urls || !g->marm)
+        goto nomem;
+    {
+        unsigned caps[CONFIG_MAX_ARMS];
+        for (size_t i = 0; i < n && i < CONFIG_MAX_ARMS; i++)
+            caps[i] = cfg->arms[i].max_inflight;
+        struct health_params hp = {
+            .failure_threshold = cfg->health.failure_threshold > 0 ? cfg->health.failure_threshold
+                                                                   : 5,
+            .cooldown_ms = cfg->health.cooldown_ms > 0 ? (double)cfg->health.cooldown_ms : 10000.0,
+            .max_inflight = 0, /* the global cap is checked against upstream_inflight */
+            .arm_caps = caps,
+        };
+        g->h = health_create(n ? (int)n : 1, &hp);
+        if (!g->h)
+            goto nomem;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct config_arm *a = &cfg->arms[i];
+        if (a->api_key_env[0]) {
+            const char *k = getenv(a->api_key_env);
+            if (k && k[0]) {
+                g->keys[i] = strdup(k);
+                if (!g->keys[i])
+                    goto nomem;
+            } else {
+                log_msgf(LOG_WARN, "arm %s: environment variable %s is not set; no API key sent",
+                         a->name, a->api_key_env);
+            }
+        }
+        size_t bl = strlen(a->base_url);
+        while (bl > 0 && a->base_url[bl - 1] == '/')
+            bl--;
+        size_t ul = bl + sizeof "/chat/completions";
+        g->urls[i] = malloc(ul);
+        if (!g->urls[i])
+            goto nomem;
+        snprintf(g->urls[i], ul, "%.*s/chat/completions", (int)bl, a->base_url);
+        size_t mi = 0;
+        g->marm[i] = mcat && metrics_banditd_add_arm(mcat, a->name, &mi) == BD_OK ? (int)mi : -1;
+    }
+    return g;
+nomem:
+    g->owns_cfg = 0; /* the caller keeps cfg on failure */
+    g->refs = 1;
+    gen_unref(g);
+    return NULL;
+}
+
+/* Arm `arm` of r's generation, in the router's current numbering (-1: the
+ * arm was removed by a reload since r was routed). */
+static int rt_arm(const struct req *r, int arm)
+{
+    if (arm < 0 || r->g == r->srv->cur)
+        return arm;
+    return router_arm_index(r->srv->d.rt, r->g->cfg->arms[arm].name);
+}
+
+/* Metrics handles of arm `arm` of r's generation (NULL without metrics). */
+static const struct metrics_banditd_arm *m_arm(const struct req *r, int arm)
+{
+    if (!r->srv->d.mcat || arm < 0 || r->g->marm[arm] < 0)
+        return NULL;
+    return metrics_banditd_arm(r->srv->d.mcat, (size_t)r->g->marm[arm]);
+}
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -187,7 +336,7 @@ static void add_bandit_headers(struct req *r, struct MHD_Response *resp)
     char v[64];
     MHD_add_response_header(resp, "X-Bandit-Request-Id", r->id);
     if (r->arm >= 0)
-        MHD_add_response_header(resp, "X-Bandit-Arm", r->srv->cfg->arms[r->arm].name);
+        MHD_add_response_header(resp, "X-Bandit-Arm", r->g->cfg->arms[r->arm].name);
     snprintf(v, sizeof v, "%.8f", r->cost_usd);
     MHD_add_response_header(resp, "X-Bandit-Cost-Usd", v);
     snprintf(v, sizeof v, "%d", r->fallbacks);
@@ -227,6 +376,10 @@ static enum MHD_Result queue_final(struct req *r)
         MHD_add_response_header(resp, "X-Bandit-Request-Id", r->id);
     if (r->final_retry_after)
         MHD_add_response_header(resp, "Retry-After", "1");
+    if (r->www_auth)
+        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (r->close_conn)
+        MHD_add_response_header(resp, "Connection", "close");
     if (r->allow)
         MHD_add_response_header(resp, "Allow", r->allow);
     enum MHD_Result ret = MHD_queue_response(r->conn, r->final_status, resp);
@@ -261,7 +414,9 @@ static enum route route_of(const char *url, const char **allow)
         {"/v1/chat/completions", R_CHAT, "POST"}, {"/v1/models", R_MODELS, "GET, HEAD"},
         {"/healthz", R_HEALTH, "GET, HEAD"},      {"/readyz", R_READY, "GET, HEAD"},
         {"/feedback", R_FEEDBACK, "POST"},        {"/v1/feedback", R_FEEDBACK, "POST"},
-        {"/stats", R_STATS, "GET, HEAD"},
+        {"/stats", R_STATS, "GET, HEAD"},         {"/metrics", R_METRICS, "GET, HEAD"},
+        {"/admin/reload", R_ADMIN_RELOAD, "POST"},
+        {"/debug/model", R_DEBUG_MODEL, "GET, HEAD"},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         if (strcmp(url, routes[i].path) == 0) {
@@ -297,6 +452,8 @@ static struct req *req_new(http_server *s, struct MHD_Connection *conn, const ch
         return NULL;
     r->srv = s;
     r->conn = conn;
+    r->g = s->cur;
+    r->g->refs++;
     r->arm = -1;
     r->t_start_ms = util_now_ms();
     r->ttfb_ms = -1;
@@ -315,6 +472,10 @@ static struct req *req_new(http_server *s, struct MHD_Connection *conn, const ch
         s->reqs->prev = r;
     s->reqs = r;
     s->n_reqs++;
+    if (s->d.mcat) {
+        metrics_gauge_add(metrics_banditd_inflight(s->d.mcat), 1);
+        r->counted = 1;
+    }
     return r;
 }
 
@@ -332,9 +493,11 @@ static void access_log(struct req *r)
     if (r->route == R_CHAT && r->id[0] && n > 0 && (size_t)n < sizeof f) {
         snprintf(f + n, sizeof f - (size_t)n,
                  ",\"request_id\":\"%s\",\"arm\":\"%s\",\"cost_usd\":%.8f,\"stream\":%s,"
-                 "\"fallbacks\":%d",
-                 r->id, r->arm >= 0 ? r->srv->cfg->arms[r->arm].name : "", r->cost_usd,
-                 r->chat_ok && r->chat.stream ? "true" : "false", r->fallbacks);
+                 "\"fallbacks\":%d,\"preference\":{\"quality\":%.4g,\"cost\":%.4g,"
+                 "\"latency\":%.4g}",
+                 r->id, r->arm >= 0 ? r->g->cfg->arms[r->arm].name : "", r->cost_usd,
+                 r->chat_ok && r->chat.stream ? "true" : "false", r->fallbacks, r->w.quality,
+                 r->w.cost, r->w.latency);
     }
     log_emit(LOG_INFO, "request", f);
 }
@@ -342,9 +505,19 @@ static void access_log(struct req *r)
 static void req_free(struct req *r)
 {
     http_server *s = r->srv;
+    feedback_job_detach(r->fb_job); /* it still settles; it just won't answer */
+    r->fb_job = NULL;
     if (r->call) {
         upstream_cancel(s->d.up, r->call);
         r->call = NULL;
+    }
+    if (r->admitted) {
+        health_release(r->g->h, r->admitted_arm, r->probe, HEALTH_NEUTRAL, util_now_ms());
+        r->admitted = 0;
+    }
+    if (r->retry_timer) {
+        upstream_timer_cancel(s->d.up, r->retry_timer);
+        r->retry_timer = NULL;
     }
     if (r->prev)
         r->prev->next = r->next;
@@ -365,7 +538,36 @@ static void req_free(struct req *r)
     free(r->scores);
     free(r->up_body);
     free(r->final_body);
+    if (r->counted)
+        metrics_gauge_add(metrics_banditd_inflight(s->d.mcat), -1);
+    gen_unref(r->g);
     free(r);
+}
+
+static enum metrics_route metrics_route_of(enum route rt)
+{
+    switch (rt) {
+    case R_CHAT: return METRICS_ROUTE_CHAT;
+    case R_FEEDBACK: return METRICS_ROUTE_FEEDBACK;
+    case R_MODELS: return METRICS_ROUTE_MODELS;
+    case R_HEALTH: return METRICS_ROUTE_HEALTHZ;
+    case R_READY: return METRICS_ROUTE_READYZ;
+    case R_METRICS: return METRICS_ROUTE_METRICS;
+    case R_STATS: return METRICS_ROUTE_STATS;
+    default: return METRICS_ROUTE_OTHER;
+    }
+}
+
+static void observe_request(const struct req *r)
+{
+    struct metrics_banditd *mc = r->srv->d.mcat;
+    if (!mc)
+        return;
+    enum metrics_route mr = metrics_route_of(r->route);
+    int ai = mr == METRICS_ROUTE_CHAT && r->arm >= 0 ? r->g->marm[r->arm] : -1;
+    metrics_counter_inc(metrics_banditd_requests(mc, mr, ai, (int)r->status));
+    metrics_hist_observe(metrics_banditd_request_duration(mc, mr),
+                         (util_now_ms() - r->t_start_ms) / 1000.0);
 }
 
 static void completed_cb(void *cls, struct MHD_Connection *conn, void **req_cls,
@@ -378,6 +580,7 @@ static void completed_cb(void *cls, struct MHD_Connection *conn, void **req_cls,
         return;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && r->status == 0)
         r->status = 499; /* client went away before an answer (nginx's convention) */
+    observe_request(r);
     access_log(r);
     req_free(r);
     *req_cls = NULL;
@@ -398,65 +601,107 @@ static void decision_record(struct req *r)
     struct decision d;
     memset(&d, 0, sizeof d);
     memcpy(d.id, r->id, sizeof d.id);
-    d.arm = r->arm;
+    d.arm = rt_arm(r, r->arm);
+    if (d.arm < 0)
+        return; /* the arm was removed by a reload meanwhile */
     d.x = r->x;
     d.w = r->w;
     d.created_s = util_wall_s();
     d.cost_usd = r->cost_usd;
-    d.client = 0;
+    d.client = r->client;
     int rc = decisions_add(r->srv->d.ds, &d);
+    if (rc == BD_OK && r->srv->d.state)
+        state_decision(r->srv->d.state, &d); /* durable soon after (docs/state.md) */
     if (rc == BD_OK)
         r->recorded = 1;
     else
         log_msgf(LOG_WARN, "decision not stored: %s", bd_strerror(rc));
 }
 
-/* Start upstream attempts from r->attempt on, skipping arms curl refuses.
- * Returns 0 when a call is running, else the error of the last failure. */
+/* End the current attempt's health admission with outcome. */
+static void attempt_release(struct req *r, enum health_outcome outcome)
+{
+    if (!r->admitted)
+        return;
+    health_release(r->g->h, r->admitted_arm, r->probe, outcome, util_now_ms());
+    r->admitted = 0;
+    r->probe = 0;
+}
+
+/* Start upstream attempts from r->attempt on, within the fallback budget and
+ * the request's deadline, skipping arms whose circuit or in-flight cap does
+ * not admit a call and arms curl refuses. Returns 0 when a call is running;
+ * else BD_ERR_TIMEOUT (deadline passed), BD_ERR_BUSY (only in-flight caps
+ * stood in the way), BD_ERR_NOMEM, or BD_ERR_UPSTREAM. */
 static int attempt_start(struct req *r)
 {
     http_server *s = r->srv;
-    int rc = BD_ERR_UPSTREAM;
-    while (r->attempt < r->n_attempts) {
+    int rc = BD_ERR_UPSTREAM, busy = 0;
+    while (r->attempt < r->n_attempts && r->fallbacks <= r->g->cfg->limits.max_fallbacks) {
         int arm = r->dec.order[r->attempt];
-        const struct config_arm *a = &s->cfg->arms[arm];
+        const struct config_arm *a = &r->g->cfg->arms[arm];
+        double now = util_now_ms();
+        double left = r->deadline_ms - now;
+        if (left < 1)
+            return BD_ERR_TIMEOUT;
+        int probe = 0;
+        int hr = health_admit(r->g->h, arm, now, &probe);
+        if (hr != BD_OK) {
+            busy |= hr == BD_ERR_BUSY;
+            r->attempt++;
+            continue;
+        }
+        r->admitted = 1;
+        r->probe = probe;
+        r->admitted_arm = arm;
         r->arm = arm;
-        r->fallbacks = r->attempt;
         free(r->up_body);
         r->up_body = openai_chat_rewrite(&r->chat, a->model, &r->up_body_len);
-        if (!r->up_body)
+        if (!r->up_body) {
+            attempt_release(r, HEALTH_NEUTRAL);
             return BD_ERR_NOMEM;
+        }
         util_buf_reset(&r->resp);
         util_buf_reset(&r->relay);
         r->resp_too_big = 0;
         r->up_status = 0;
         r->up_ctype[0] = '\0';
         r->ttfb_ms = -1;
+        r->retry_after_ms = -1;
         r->cost_usd = r->dec.s[arm].cost;
         if (r->sse_init)
             openai_sse_free(&r->sse);
         openai_sse_init(&r->sse);
         r->sse_init = 1;
+        long tmo = a->timeout_ms;
+        if (r->cap_ms > 0 && r->cap_ms < tmo)
+            tmo = r->cap_ms;
+        if ((double)tmo > left)
+            tmo = (long)left;
         struct upstream_req rq = {
-            .url = s->urls[arm],
-            .api_key = s->keys[arm],
+            .url = r->g->urls[arm],
+            .api_key = r->g->keys[arm],
             .body = r->up_body,
             .body_len = r->up_body_len,
-            .timeout_ms = a->timeout_ms,
-            .connect_timeout_ms = a->connect_timeout_ms,
+            .timeout_ms = tmo,
+            .connect_timeout_ms = a->connect_timeout_ms < tmo ? a->connect_timeout_ms : tmo,
             .stream = r->chat.stream,
+            .ttfb_timeout_ms = a->ttfb_timeout_ms > 0 && a->ttfb_timeout_ms < tmo
+                                   ? a->ttfb_timeout_ms
+                                   : 0,
         };
-        r->t_attempt_ms = util_now_ms();
+        r->t_attempt_ms = now;
         rc = upstream_start(s->d.up, &rq, &req_cbs, r, &r->call);
         if (rc == BD_OK) {
             r->phase = PH_UPSTREAM;
             return BD_OK;
         }
         r->call = NULL;
-        router_observe_failure(s->d.rt, arm, 0);
+        attempt_release(r, HEALTH_NEUTRAL);
+        router_observe_failure(s->d.rt, rt_arm(r, arm), 0);
         r->attempt++;
     }
-    return rc;
+    return busy && rc == BD_ERR_UPSTREAM ? BD_ERR_BUSY : rc;
 }
 
 static void on_headers(void *ud, long status, const char *ctype)
@@ -464,6 +709,8 @@ static void on_headers(void *ud, long status, const char *ctype)
     struct req *r = ud;
     r->up_status = status;
     snprintf(r->up_ctype, sizeof r->up_ctype, "%s", ctype);
+    if (r->call)
+        r->retry_after_ms = upstream_retry_after_ms(r->call);
     if (r->chat.stream && status >= 200 && status < 300) {
         r->streaming = 1;
         decision_record(r);
@@ -475,8 +722,12 @@ static void on_headers(void *ud, long status, const char *ctype)
 static size_t on_data(void *ud, const char *data, size_t len)
 {
     struct req *r = ud;
-    if (r->ttfb_ms < 0)
+    if (r->ttfb_ms < 0) {
         r->ttfb_ms = util_now_ms() - r->t_attempt_ms;
+        const struct metrics_banditd_arm *ma = r->streaming ? m_arm(r, r->arm) : NULL;
+        if (ma)
+            metrics_hist_observe(ma->upstream_ttfb, r->ttfb_ms / 1000.0);
+    }
     if (!r->streaming) {
         if (util_buf_append(&r->resp, data, len) != BD_OK) {
             r->resp_too_big = 1;
@@ -504,7 +755,7 @@ static int is_retryable_status(long status)
  * r->cost_usd; returns the completion tokens (estimated if absent). */
 static long answer_cost(struct req *r, char *cid, size_t cidlen)
 {
-    const struct config_arm *a = &r->srv->cfg->arms[r->arm];
+    const struct config_arm *a = &r->g->cfg->arms[r->arm];
     long pt = -1, ct = -1;
     size_t content_chars = 0;
     cid[0] = '\0';
@@ -518,11 +769,18 @@ static long answer_cost(struct req *r, char *cid, size_t cidlen)
         pt = ct = -1;
         cid[0] = '\0';
     }
+    const struct metrics_banditd_arm *ma = m_arm(r, r->arm);
+    if (ma && pt >= 0)
+        metrics_counter_add(ma->tokens_prompt, (double)pt);
+    if (ma && ct >= 0)
+        metrics_counter_add(ma->tokens_completion, (double)ct);
     if (pt < 0)
         pt = openai_estimate_tokens(r->chat.prompt_chars);
     if (ct < 0)
         ct = openai_estimate_tokens(content_chars);
     r->cost_usd = openai_cost_usd(pt, ct, a->price_in_per_mtok, a->price_out_per_mtok);
+    if (ma)
+        metrics_counter_add(ma->cost_usd, r->cost_usd);
     return ct;
 }
 
@@ -530,17 +788,24 @@ static void stream_finished(struct req *r, int result, const char *msg)
 {
     http_server *s = r->srv;
     double total = util_now_ms() - r->t_attempt_ms;
+    const struct metrics_banditd_arm *ma = m_arm(r, r->arm);
+    if (ma)
+        metrics_hist_observe(ma->upstream_duration, total / 1000.0);
     r->up_done = 1;
     r->up_result = result;
     r->paused = 0;
+    attempt_release(r, result == BD_OK ? HEALTH_SUCCESS : HEALTH_FAILURE);
     char cid[DECISIONS_ID_MAX];
     if (result == BD_OK) {
         long ct = answer_cost(r, cid, sizeof cid);
-        router_observe(s->d.rt, r->arm, ct, r->ttfb_ms, total);
-        if (r->recorded)
+        router_observe(s->d.rt, rt_arm(r, r->arm), ct, r->ttfb_ms, total);
+        if (r->recorded) {
             decisions_complete(s->d.ds, r->id, cid, r->cost_usd, total);
+            if (s->d.state)
+                state_complete(s->d.state, r->id, cid, r->cost_usd, total);
+        }
     } else {
-        router_observe_failure(s->d.rt, r->arm, total);
+        router_observe_failure(s->d.rt, rt_arm(r, r->arm), total);
         char m[256];
         snprintf(m, sizeof m, "upstream stream failed: %s", msg);
         char *ev = openai_sse_error_event(
@@ -556,30 +821,11 @@ static void stream_finished(struct req *r, int result, const char *msg)
     req_wake(r);
 }
 
-static void on_done(void *ud, int result, const char *msg)
+/* Queue the final answer for a non-streaming attempt that ended with result
+ * (the last one: no retry or fallback follows). */
+static void finish_answer(struct req *r, int result, const char *msg, double total)
 {
-    struct req *r = ud;
     http_server *s = r->srv;
-    r->call = NULL;
-    if (r->streaming) {
-        stream_finished(r, result, msg);
-        return;
-    }
-    double total = util_now_ms() - r->t_attempt_ms;
-    int retry = 0;
-    if (result != BD_OK || is_retryable_status(r->up_status)) {
-        router_observe_failure(s->d.rt, r->arm, total);
-        retry = r->attempt + 1 < r->n_attempts;
-    }
-    if (retry) {
-        log_msgf(LOG_WARN, "arm %s failed (%s, status %ld); falling back",
-                 s->cfg->arms[r->arm].name, msg, r->up_status);
-        r->attempt++;
-        int rc = attempt_start(r);
-        if (rc == BD_OK)
-            return;
-        result = rc;
-    }
     if (result != BD_OK) {
         if (result == BD_ERR_TIMEOUT)
             set_final_error(r, 504, "upstream timed out", "api_error", NULL, "upstream_timeout");
@@ -592,6 +838,7 @@ static void on_done(void *ud, int result, const char *msg)
             set_final_error(r, 502, m, "api_error", NULL,
                             result == BD_ERR_NOMEM ? "internal_error" : "upstream_error");
         }
+        r->final_routed = 1; /* X-Bandit-Arm/-Fallbacks say what was tried */
         req_wake(r);
         return;
     }
@@ -599,10 +846,13 @@ static void on_done(void *ud, int result, const char *msg)
     if (r->up_status >= 200 && r->up_status < 300) {
         char cid[DECISIONS_ID_MAX];
         long ct = answer_cost(r, cid, sizeof cid);
-        router_observe(s->d.rt, r->arm, ct, r->ttfb_ms, total);
+        router_observe(s->d.rt, rt_arm(r, r->arm), ct, r->ttfb_ms, total);
         decision_record(r);
-        if (r->recorded)
+        if (r->recorded) {
             decisions_complete(s->d.ds, r->id, cid, r->cost_usd, total);
+            if (s->d.state)
+                state_complete(s->d.state, r->id, cid, r->cost_usd, total);
+        }
     }
     char *body = r->resp.data;
     size_t len = r->resp.len;
@@ -612,6 +862,106 @@ static void on_done(void *ud, int result, const char *msg)
     unsigned status = r->up_status >= 100 && r->up_status <= 999 ? (unsigned)r->up_status : 502;
     set_final(r, status, body, len, r->up_ctype[0] ? r->up_ctype : "application/json", 1);
     req_wake(r);
+}
+
+/* Saved last failure, replayed when a retry cannot start. */
+static void retry_fire(void *ud)
+{
+    struct req *r = ud;
+    r->retry_timer = NULL;
+    int rc = attempt_start(r);
+    if (rc == BD_OK)
+        return;
+    if (r->resp.len > 0 && r->up_status > 0)
+        finish_answer(r, BD_OK, "", 0); /* relay the 429/503 we were told to wait for */
+    else
+        finish_answer(r, rc == BD_ERR_BUSY ? BD_ERR_UPSTREAM : rc, "retry could not start", 0);
+}
+
+/* Retry the same arm after its Retry-After when no other arm is left to fall
+ * back to (pinned, or the last candidate), the answer was 429/503, the retry
+ * budget allows it and the wait fits the deadline. Exponential back-off with
+ * jitter, never earlier than Retry-After. Returns 1 when scheduled. */
+static int schedule_retry(struct req *r, int result)
+{
+    http_server *s = r->srv;
+    if (result != BD_OK || (r->up_status != 429 && r->up_status != 503))
+        return 0;
+    if (r->retries >= r->g->cfg->limits.max_retries)
+        return 0;
+    if (!r->pinned && r->attempt + 1 < r->n_attempts &&
+        r->fallbacks <= r->g->cfg->limits.max_fallbacks)
+        return 0; /* another arm can answer now: prefer it */
+    double backoff = 100.0 * (double)(1u << (r->retries < 10 ? r->retries : 10));
+    double base = r->retry_after_ms >= 0 ? (double)r->retry_after_ms : backoff;
+    if (base < backoff)
+        base = backoff;
+    char hex[33];
+    double u = 0.5; /* jitter in [0, 1) */
+    if (util_random_hex128(hex) == BD_OK) {
+        hex[4] = '\0';
+        u = (double)strtoul(hex, NULL, 16) / 65536.0;
+    }
+    double delay = base + backoff * 0.5 * u;
+    if (util_now_ms() + delay + 1 >= r->deadline_ms)
+        return 0;
+    if (upstream_timer_start(s->d.up, delay, retry_fire, r, &r->retry_timer) != BD_OK)
+        return 0;
+    r->retries++;
+    r->phase = PH_UPSTREAM;
+    log_msgf(LOG_INFO, "arm %s answered %ld; retrying in %.0f ms", r->g->cfg->arms[r->arm].name,
+             r->up_status, delay);
+    return 1;
+}
+
+static void on_done(void *ud, int result, const char *msg)
+{
+    struct req *r = ud;
+    http_server *s = r->srv;
+    r->call = NULL;
+    if (r->streaming) {
+        stream_finished(r, result, msg);
+        return;
+    }
+    double total = util_now_ms() - r->t_attempt_ms;
+    const struct metrics_banditd_arm *ma = m_arm(r, r->arm);
+    if (ma)
+        metrics_hist_observe(ma->upstream_duration, total / 1000.0);
+    int failed = result != BD_OK || is_retryable_status(r->up_status);
+    attempt_release(r, failed ? HEALTH_FAILURE : HEALTH_SUCCESS);
+    if (failed) {
+        /* Infrastructure failure: latency/health only, never quality. */
+        router_observe_failure(s->d.rt, rt_arm(r, r->arm), total);
+        r->fallbacks++;
+        if (schedule_retry(r, result))
+            return;
+        if (!r->pinned && r->attempt + 1 < r->n_attempts &&
+            r->fallbacks <= r->g->cfg->limits.max_fallbacks) {
+            int failed_arm = r->arm;
+            long failed_status = r->up_status;
+            /* Keep the failed answer in case no other arm can start. */
+            struct util_buf keep = r->resp;
+            char keep_ctype[sizeof r->up_ctype];
+            memcpy(keep_ctype, r->up_ctype, sizeof keep_ctype);
+            util_buf_init(&r->resp, HTTP_UPSTREAM_BODY_MAX);
+            r->attempt++;
+            int rc = attempt_start(r);
+            if (rc == BD_OK) {
+                util_buf_free(&keep);
+                if (ma)
+                    metrics_counter_inc(ma->fallbacks);
+                log_msgf(LOG_WARN, "arm %s failed (%s, status %ld); falling back",
+                         r->g->cfg->arms[failed_arm].name, msg, failed_status);
+                return;
+            }
+            util_buf_free(&r->resp);
+            r->resp = keep;
+            r->arm = failed_arm;
+            r->up_status = failed_status;
+            memcpy(r->up_ctype, keep_ctype, sizeof keep_ctype);
+        }
+    }
+    finish_answer(r, result, msg, total);
 }
 
 /* ---- streaming response ------------------------------------------------ */
@@ -668,7 +1018,7 @@ static char *debug_scores(const struct req *r)
         int a = r->dec.order[i];
         const struct router_arm_score *sc = &r->dec.s[a];
         if (util_buf_printf(&b, "%s%s:%.4g/%.4g/%.4g/%.4g/%.4g", i ? ";" : "",
-                            r->srv->cfg->arms[a].name, sc->mean, sc->width, sc->cost, sc->latency,
+                            r->g->cfg->arms[a].name, sc->mean, sc->width, sc->cost, sc->latency,
                             sc->score) != BD_OK)
             break;
     }
@@ -684,6 +1034,27 @@ static enum MHD_Result handle_chat(struct req *r)
     if (r->too_big)
         return respond_error(r, 413, "request body too large", "invalid_request_error", NULL,
                              "request_too_large");
+    if (r->g != s->cur) { /* a reload happened while the body was read */
+        gen_unref(r->g);
+        r->g = s->cur;
+        r->g->refs++;
+    }
+    if (cfg->log.debug_bodies && LOG_ENABLED(LOG_DEBUG)) {
+        static char esc[HTTP_BODY_LOG_MAX * 6 + 8];
+        char raw[HTTP_BODY_LOG_MAX + 1];
+        size_t bl = r->body.len < HTTP_BODY_LOG_MAX ? r->body.len : HTTP_BODY_LOG_MAX;
+        if (bl)
+            memcpy(raw, r->body.data, bl);
+        raw[bl] = '\0';
+        json_escape(esc, sizeof esc, raw);
+        char *f = malloc(sizeof esc + 64);
+        if (f) {
+            snprintf(f, sizeof esc + 64, "\"body\":\"%s\",\"truncated\":%s", esc,
+                     r->body.len > bl ? "true" : "false");
+            log_emit(LOG_DEBUG, "request body", f);
+            free(f);
+        }
+    }
     memset(&r->chat, 0, sizeof r->chat);
     if (openai_chat_parse(r->body.data ? r->body.data : "", r->body.len, &r->chat, err, sizeof err,
                           &param) != BD_OK)
@@ -717,6 +1088,24 @@ static enum MHD_Result handle_chat(struct req *r)
         return queue_final(r);
     }
 
+    long budget = cfg->limits.request_timeout_ms > 0 ? cfg->limits.request_timeout_ms : 120000;
+    const char *tv = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Bandit-Timeout-Ms");
+    if (tv) {
+        char *end = NULL;
+        errno = 0;
+        long long v = tv[0] >= '0' && tv[0] <= '9' ? strtoll(tv, &end, 10) : -1;
+        if (v < 1 || v > 86400000LL || errno || !end || *end)
+            return respond_error(r, 400,
+                                 "X-Bandit-Timeout-Ms: expected an integer number of milliseconds "
+                                 "in [1, 86400000]",
+                                 "invalid_request_error", NULL, "invalid_timeout");
+        r->cap_ms = (long)v;
+        if (r->cap_ms < budget)
+            budget = r->cap_ms;
+    }
+    r->deadline_ms = r->t_start_ms + (double)budget;
+    r->pinned = pinned >= 0;
+
     int dim = router_dim(s->d.rt);
     r->x = calloc((size_t)dim, sizeof *r->x);
     if (!r->x)
@@ -725,7 +1114,23 @@ static enum MHD_Result handle_chat(struct req *r)
         return respond_error(r, 400, "cannot featurize the request", "invalid_request_error",
                              "messages", "invalid_request");
     long pt = openai_estimate_tokens(r->chat.prompt_chars);
-    if (router_decide(s->d.rt, r->x, &r->w, pt, NULL, pinned, &r->dec) != BD_OK || r->dec.n < 1)
+    unsigned char healthy[ROUTER_MAX_ARMS];
+    const unsigned char *hmask = NULL;
+    if (r->g == s->cur && (size_t)router_n_arms(s->d.rt) == r->g->cfg->n_arms) {
+        /* Arms whose circuit is open (and cooling down) leave the candidate set. */
+        int nh = health_candidates(r->g->h, util_now_ms(), healthy);
+        if (nh == 0 || (pinned >= 0 && !healthy[pinned])) {
+            set_final_error(r, 503,
+                            pinned >= 0 ? "the requested arm is unavailable (circuit open)"
+                                        : "no healthy arm",
+                            "server_error", NULL, pinned >= 0 ? "arm_unavailable" : "no_healthy_arm");
+            r->final_retry_after = 1;
+            return queue_final(r);
+        }
+        hmask = healthy;
+    }
+    if (router_decide(s->d.rt, r->x, &r->w, pt, hmask, pinned, &r->dec) != BD_OK ||
+        r->dec.n < 1)
         return respond_error(r, 503, "no healthy arm", "server_error", NULL, "no_healthy_arm");
     if (util_random_hex128(r->id) != BD_OK)
         return respond_error(r, 500, "no randomness", "server_error", NULL, "internal_error");
@@ -738,11 +1143,89 @@ static enum MHD_Result handle_chat(struct req *r)
     if (rc != BD_OK) {
         if (rc == BD_ERR_NOMEM)
             return respond_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
-        return respond_error(r, 502, "no upstream could be started", "api_error", NULL,
-                             "upstream_error");
+        if (rc == BD_ERR_BUSY || rc == BD_ERR_UPSTREAM) {
+            /* Every candidate is at its in-flight cap or its circuit just closed on us. */
+            set_final_error(r, 503,
+                            rc == BD_ERR_BUSY ? "too many requests in flight to the arms"
+                                              : "no upstream could be started",
+                            "server_error", NULL, rc == BD_ERR_BUSY ? "overloaded" : "no_healthy_arm");
+            r->final_retry_after = 1;
+            return queue_final(r);
+        }
+        return respond_error(r, 504, "request deadline passed", "api_error", NULL,
+                             "upstream_timeout");
     }
     req_suspend(r);
     return MHD_YES;
+}
+
+/* /stats plus each arm's circuit (current generation). NULL on OOM. */
+static char *stats_with_health(struct req *r)
+{
+    http_server *s = r->srv;
+    char *base = stats_json(s->cur->cfg, s->d.rt, s->d.ds, upstream_inflight(s->d.up), s->n_reqs);
+    if (!base)
+        return NULL;
+    cJSON *root = cJSON_Parse(base);
+    cJSON *arms = root ? cJSON_GetObjectItemCaseSensitive(root, "arms") : NULL;
+    if (!cJSON_IsArray(arms)) {
+        cJSON_Delete(root);
+        return base;
+    }
+    double now = util_now_ms();
+    int n = cJSON_GetArraySize(arms);
+    for (int i = 0; i < n && (size_t)i < s->cur->cfg->n_arms; i++) {
+        cJSON *a = cJSON_GetArrayItem(arms, i);
+        enum health_state st = health_state_of(s->cur->h, i);
+        cJSON_DeleteItemFromObjectCaseSensitive(a, "healthy");
+        cJSON_AddBoolToObject(a, "healthy", st == HEALTH_CLOSED);
+        cJSON_AddStringToObject(a, "circuit", health_state_name(st));
+        cJSON_AddNumberToObject(a, "consecutive_failures",
+                                health_consecutive_failures(s->cur->h, i));
+        cJSON_AddNumberToObject(a, "circuit_opens", (double)health_opens(s->cur->h, i));
+        cJSON_AddNumberToObject(a, "arm_inflight", health_inflight(s->cur->h, i));
+    }
+    cJSON_AddBoolToObject(root, "ready", health_ready(s->cur->h, now));
+    char *out = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!out)
+        return base;
+    free(base);
+    return out;
+}
+
+/* Authenticate r at its first call (before any body is read). Client
+ * routes (/v1/..., /feedback) need a client key when keys are configured;
+ * admin routes need the admin key. Queues 401/403 and returns 1 when refused. */
+static int auth_refused(struct req *r, enum MHD_Result *ret)
+{
+    http_server *s = r->srv;
+    const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
+    int rc;
+    if (r->route == R_CHAT || r->route == R_FEEDBACK || r->route == R_MODELS) {
+        struct auth_identity id;
+        rc = auth_check_client(s->auth, h, &id);
+        r->client = id.client;
+        r->is_admin = id.role == AUTH_ADMIN;
+    } else if (r->route == R_STATS || r->route == R_ADMIN_RELOAD || r->route == R_DEBUG_MODEL) {
+        rc = auth_check_admin(s->auth, h);
+    } else {
+        return 0;
+    }
+    if (rc == BD_OK)
+        return 0;
+    r->too_big = 1; /* do not keep the body */
+    if (rc == BD_ERR_FORBIDDEN) {
+        *ret = respond_error(r, 403, "this endpoint needs the admin key", "permission_error",
+                             NULL, "forbidden");
+    } else {
+        r->www_auth = 1;
+        *ret = respond_error(r, 401,
+                             h ? "Incorrect API key provided"
+                               : "Missing API key: send Authorization: Bearer <key>",
+                             "invalid_request_error", NULL, "invalid_api_key");
+    }
+    return 1;
 }
 
 static enum MHD_Result handle_models(struct req *r)
@@ -774,6 +1257,153 @@ static enum MHD_Result handle_models(struct req *r)
     return respond_json(r, 200, json);
 }
 
+/* Feedback metrics from one /feedback answer (single or batch document, see
+ * feedback.h): received, applied, rejected by reason. Also refreshes the
+ * per-arm reward means. Call it with every final /feedback answer. */
+static int feedback_code_err(const char *code)
+{
+    if (!code)
+        return BD_ERR_INVALID;
+    if (strcmp(code, "unknown_request_id") == 0)
+        return BD_ERR_NOTFOUND;
+    if (strcmp(code, "duplicate_feedback") == 0)
+        return BD_ERR_EXISTS;
+    if (strcmp(code, "expired_request_id") == 0)
+        return BD_ERR_EXPIRED;
+    if (strcmp(code, "forbidden") == 0)
+        return BD_ERR_FORBIDDEN;
+    if (strcmp(code, "unauthorized") == 0 || strcmp(code, "invalid_api_key") == 0)
+        return BD_ERR_AUTH;
+    if (strncmp(code, "feedback_not_applied", 20) == 0 || strncmp(code, "store_", 6) == 0)
+        return BD_ERR_INTERNAL;
+    return BD_ERR_INVALID;
+}
+
+static void observe_feedback(http_server *s, int status, const char *body)
+{
+    struct metrics_banditd *mc = s->d.mcat;
+    if (!mc || !body)
+        return;
+    cJSON *root = cJSON_Parse(body);
+    const cJSON *data = root ? cJSON_GetObjectItemCaseSensitive(root, "data") : NULL;
+    const cJSON *one = root;
+    int n = cJSON_IsArray(data) ? cJSON_GetArraySize(data) : 1;
+    for (int i = 0; i < n; i++) {
+        if (cJSON_IsArray(data))
+            one = cJSON_GetArrayItem(data, i);
+        metrics_counter_inc(metrics_banditd_feedback(mc, METRICS_FEEDBACK_RECEIVED, 0));
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(one, "status");
+        int applied = cJSON_IsString(st) ? strcmp(st->valuestring, "applied") == 0
+                                         : (!cJSON_IsArray(data) && status == 200);
+        if (applied) {
+            metrics_counter_inc(metrics_banditd_feedback(mc, METRICS_FEEDBACK_APPLIED, 0));
+            continue;
+        }
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(one, "error");
+        const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
+        int err = feedback_code_err(cJSON_IsString(code) ? code->valuestring : NULL);
+        metrics_counter_inc(metrics_banditd_feedback(mc, METRICS_FEEDBACK_REJECTED, err));
+    }
+    cJSON_Delete(root);
+    const struct config *cfg = s->cfg;
+    for (size_t a = 0; a < cfg->n_arms; a++) {
+        struct router_arm_stats st;
+        router_arm_stats(s->d.rt, (int)a, &st);
+        const struct metrics_banditd_arm *ma =
+            s->cur->marm[a] >= 0 ? metrics_banditd_arm(mc, (size_t)s->cur->marm[a]) : NULL;
+        if (ma && st.feedback > 0)
+            metrics_gauge_set(ma->reward_mean, st.reward_sum / (double)st.feedback);
+    }
+}
+
+static enum MHD_Result handle_metrics(struct req *r)
+{
+    http_server *s = r->srv;
+    if (!s->d.metrics)
+        return respond_error(r, 404, "metrics are disabled", "invalid_request_error", NULL,
+                             "not_found");
+    struct util_buf b;
+    util_buf_init(&b, HTTP_METRICS_MAX);
+    if (metrics_expose(s->d.metrics, &b) != BD_OK) {
+        util_buf_free(&b);
+        return respond_error(r, 500, "metrics exposition failed", "server_error", NULL,
+                             "internal_error");
+    }
+    char *body = b.data ? b.data : calloc(1, 1);
+    set_final(r, 200, body, b.len, METRICS_CONTENT_TYPE, 0);
+    return queue_final(r);
+}
+
+/* 1 if the peer of conn is a loopback address. */
+static int peer_is_loopback(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr)
+        return 0;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+            return 1;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+            return in6->sin6_addr.s6_addr[12] == 127;
+    }
+    return 0;
+}
+
+/* POST /admin/reload. Guard: when auth.admin_key_env names a set variable,
+ * the caller must send "Authorization: Bearer <that key>"; otherwise only
+ * loopback peers may reload. */
+static enum MHD_Result handle_admin_reload(struct req *r)
+{
+    http_server *s = r->srv;
+    const char *env = s->cfg->auth.admin_key_env;
+    const char *key = env[0] ? getenv(env) : NULL;
+    if (key && key[0]) {
+        const char *h = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Authorization");
+        size_t kl = strlen(key);
+        unsigned diff = 1;
+        if (h && strncmp(h, "Bearer ", 7) == 0 && strlen(h + 7) == kl) {
+            diff = 0;
+            for (size_t i = 0; i < kl; i++)
+                diff |= (unsigned)(h[7 + i] ^ key[i]);
+        }
+        if (diff)
+            return respond_error(r, 401, "admin key required", "invalid_request_error", NULL,
+                                 "invalid_api_key");
+    } else if (!peer_is_loopback(r->conn)) {
+        return respond_error(r, 403, "reload is only allowed from loopback without an admin key",
+                             "permission_error", NULL, "forbidden");
+    }
+    if (!s->reload_fn)
+        return respond_error(r, 501, "reload is not available", "server_error", NULL,
+                             "not_implemented");
+    char err[512] = "";
+    int rc = s->reload_fn(s->reload_ud, err, sizeof err);
+    if (rc != BD_OK)
+        return respond_error(r, rc == BD_ERR_NOMEM ? 500 : 400, err[0] ? err : bd_strerror(rc),
+                             "invalid_request_error", NULL, "reload_failed");
+    return respond_json(r, 200, strdup("{\"status\":\"reloaded\"}"));
+}
+
+/* feedback_submit's answer, on the loop thread once every item is settled. */
+static void feedback_reply(void *ud, int status, char *body)
+{
+    struct req *r = ud;
+    r->fb_job = NULL;
+    if (body)
+        observe_feedback(r->srv, status, body);
+    set_final(r, (unsigned)status, body, body ? strlen(body) : 0, "application/json", 0);
+    if (status == 503)
+        r->final_retry_after = 1;
+    req_wake(r);
+}
+
 static enum MHD_Result handle_feedback(struct req *r)
 {
     http_server *s = r->srv;
@@ -782,13 +1412,47 @@ static enum MHD_Result handle_feedback(struct req *r)
                              "request_too_large");
     int status = 500;
     char *out = NULL;
-    if (feedback_handle(s->d.ds, s->d.rt, r->body.data ? r->body.data : "", r->body.len, 0, 0,
-                        util_wall_s(), &status, &out) != BD_OK ||
-        !out) {
+    if (s->d.state) {
+        /* Durable: answered when the store has committed (feedback_reply). */
+        feedback_job *job = NULL;
+        if (feedback_submit(state_feedback(s->d.state), r->body.data ? r->body.data : "",
+                            r->body.len, r->client, r->is_admin, util_wall_s(), feedback_reply, r,
+                            &job, &status, &out) != BD_OK) {
+            free(out);
+            return respond_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
+        }
+        if (job) {
+            r->fb_job = job;
+            r->phase = PH_UPSTREAM;
+            req_suspend(r);
+            return MHD_YES;
+        }
+    } else if (feedback_handle(s->d.ds, s->d.rt, r->body.data ? r->body.data : "", r->body.len,
+                               r->client, r->is_admin, util_wall_s(), &status, &out) != BD_OK) {
         free(out);
-        return respond_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
+        out = NULL;
     }
+    if (!out)
+        return respond_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
+    observe_feedback(s, status, out);
+    if (status == 503)
+        r->final_retry_after = 1;
     return respond_json(r, (unsigned)status, out);
+}
+
+/* GET /debug/model?arm=NAME: one arm's A, A^-1, b, theta (state.h). */
+static enum MHD_Result handle_debug_model(struct req *r)
+{
+    http_server *s = r->srv;
+    const char *name = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, "arm");
+    int status = 500;
+    char *json = state_model_json(s->d.rt, s->cfg, name, &status);
+    if (!json)
+        return status == 404 ? respond_error(r, 404, "unknown arm", "invalid_request_error",
+                                             "arm", "not_found")
+                             : respond_error(r, 500, "out of memory", "server_error", NULL,
+                                             "internal_error");
+    return respond_json(r, 200, json);
 }
 
 static enum MHD_Result dispatch(struct req *r)
@@ -801,6 +1465,13 @@ static enum MHD_Result dispatch(struct req *r)
         snprintf(m, sizeof m, "method not allowed (allowed: %s)", r->allow);
         return respond_error(r, 405, m, "invalid_request_error", NULL, "method_not_allowed");
     }
+    if (s->draining && r->route != R_HEALTH && r->route != R_METRICS) {
+        /* Graceful shutdown: new requests on kept-alive connections go elsewhere. */
+        set_final_error(r, 503, "shutting down", "server_error", NULL, "shutting_down");
+        r->final_retry_after = 1;
+        r->close_conn = 1;
+        return queue_final(r);
+    }
     switch (r->route) {
     case R_CHAT:
         return handle_chat(r);
@@ -809,15 +1480,20 @@ static enum MHD_Result dispatch(struct req *r)
     case R_HEALTH:
         return respond_json(r, 200, strdup("{\"status\":\"ok\"}"));
     case R_READY:
-        /* Every configured arm counts as healthy until health tracking lands. */
-        if (s->cfg->n_arms >= 1)
+        /* Ready while at least one arm's circuit admits calls. */
+        if (s->cur->cfg->n_arms >= 1 && health_ready(s->cur->h, util_now_ms()))
             return respond_json(r, 200, strdup("{\"status\":\"ready\"}"));
         return respond_json(r, 503, strdup("{\"status\":\"not ready\"}"));
     case R_FEEDBACK:
         return handle_feedback(r);
     case R_STATS:
-        return respond_json(
-            r, 200, stats_json(s->cfg, s->d.rt, s->d.ds, upstream_inflight(s->d.up), s->n_reqs));
+        return respond_json(r, 200, stats_with_health(r));
+    case R_METRICS:
+        return handle_metrics(r);
+    case R_ADMIN_RELOAD:
+        return handle_admin_reload(r);
+    case R_DEBUG_MODEL:
+        return handle_debug_model(r);
     case R_NOTFOUND:
         break;
     }
@@ -837,6 +1513,9 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
         if (!r)
             return MHD_NO;
         *req_cls = r;
+        enum MHD_Result aret = MHD_NO;
+        if (r->method_ok && auth_refused(r, &aret))
+            return aret;
         if (r->wants_body) {
             const char *cl =
                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -943,20 +1622,8 @@ static int bind_listen(const char *host, int port, int *port_out, char *err, siz
 
 static void server_free(http_server *s)
 {
-    if (s->keys) {
-        for (size_t i = 0; i < s->cfg->n_arms; i++) {
-            if (s->keys[i]) {
-                memset(s->keys[i], 0, strlen(s->keys[i]));
-                free(s->keys[i]);
-            }
-        }
-    }
-    if (s->urls) {
-        for (size_t i = 0; i < s->cfg->n_arms; i++)
-            free(s->urls[i]);
-    }
-    free(s->keys);
-    free(s->urls);
+    auth_destroy(s->auth);
+    gen_unref(s->cur);
     free(s);
 }
 
@@ -972,33 +1639,23 @@ int http_start(const struct http_deps *deps, const char *host, int port, http_se
     s->d = *deps;
     s->cfg = deps->cfg;
     s->epfd = -1;
-    size_t n = s->cfg->n_arms;
-    s->keys = calloc(n ? n : 1, sizeof *s->keys);
-    s->urls = calloc(n ? n : 1, sizeof *s->urls);
-    if (!s->keys || !s->urls)
-        goto nomem;
-    for (size_t i = 0; i < n; i++) {
-        const struct config_arm *a = &s->cfg->arms[i];
-        if (a->api_key_env[0]) {
-            const char *k = getenv(a->api_key_env);
-            if (k && k[0]) {
-                s->keys[i] = strdup(k);
-                if (!s->keys[i])
-                    goto nomem;
-            } else {
-                log_msgf(LOG_WARN, "arm %s: environment variable %s is not set; no API key sent",
-                         a->name, a->api_key_env);
-            }
-        }
-        size_t bl = strlen(a->base_url);
-        while (bl > 0 && a->base_url[bl - 1] == '/')
-            bl--;
-        size_t ul = bl + sizeof "/chat/completions";
-        s->urls[i] = malloc(ul);
-        if (!s->urls[i])
-            goto nomem;
-        snprintf(s->urls[i], ul, "%.*s/chat/completions", (int)bl, a->base_url);
+    s->cur = gen_new(s->cfg, deps->mcat);
+    if (!s->cur) {
+        snprintf(err, errlen, "out of memory");
+        free(s);
+        return BD_ERR_NOMEM;
     }
+    /* Client/admin keys; without client keys, loopback only unless allowed. */
+    int arc = auth_from_config(s->cfg, &s->auth, err, errlen);
+    if (arc == BD_OK)
+        arc = auth_listen_allowed(s->auth, host, s->cfg->auth.allow_unauthenticated_remote, err,
+                                  errlen);
+    if (arc != BD_OK) {
+        server_free(s);
+        return arc == BD_ERR_NOMEM ? BD_ERR_NOMEM : BD_ERR_INVALID;
+    }
+    if (auth_n_client_keys(s->auth) == 0)
+        log_msgf(LOG_WARN, "no client keys configured: client authentication is off");
     int fd = bind_listen(host, port, &s->port, err, errlen);
     if (fd < 0) {
         server_free(s);
@@ -1029,10 +1686,6 @@ int http_start(const struct http_deps *deps, const char *host, int port, http_se
     s->epfd = info->epoll_fd;
     *out = s;
     return BD_OK;
-nomem:
-    snprintf(err, errlen, "out of memory");
-    server_free(s);
-    return BD_ERR_NOMEM;
 }
 
 int http_port(const http_server *s)
@@ -1063,6 +1716,11 @@ size_t http_active(const http_server *s)
     return s->n_reqs;
 }
 
+void http_detach_state(http_server *s)
+{
+    s->d.state = NULL;
+}
+
 void http_destroy(http_server *s)
 {
     if (!s)
@@ -1074,4 +1732,58 @@ void http_destroy(http_server *s)
     while (s->reqs)
         req_free(s->reqs);
     server_free(s);
+}
+
+/* ---- operations --------------------------------------------------------- */
+
+const struct config *http_config(const http_server *s)
+{
+    return s->cfg;
+}
+
+void http_set_reload_hook(http_server *s, http_reload_fn fn, void *ud)
+{
+    s->reload_fn = fn;
+    s->reload_ud = ud;
+}
+
+int http_reconfigure(http_server *s, struct config *newcfg, char *err, size_t errlen)
+{
+    assert(s && newcfg);
+    struct gen *g = gen_new(newcfg, s->d.mcat);
+    if (!g) {
+        snprintf(err, errlen, "out of memory");
+        return BD_ERR_NOMEM;
+    }
+    int n_old = router_n_arms(s->d.rt);
+    int map[ROUTER_MAX_ARMS];
+    int rc = router_reconfigure(s->d.rt, newcfg, map);
+    if (rc != BD_OK) {
+        snprintf(err, errlen, "the router refused the new config: %s", bd_strerror(rc));
+        gen_unref(g); /* owns_cfg is 0: newcfg stays the caller's */
+        return rc;
+    }
+    if (s->d.ds) {
+        size_t dropped = decisions_remap_arms(s->d.ds, map, n_old);
+        if (dropped)
+            log_msgf(LOG_INFO, "reload: %zu pending decisions of removed arms expired", dropped);
+    }
+    g->owns_cfg = 1;
+    gen_unref(s->cur); /* freed once the last request routed with it completes */
+    s->cur = g;
+    s->cfg = newcfg;
+    s->d.cfg = newcfg;
+    if (s->d.state)
+        state_set_config(s->d.state, newcfg);
+    return BD_OK;
+}
+
+void http_quiesce(http_server *s)
+{
+    if (!s || s->draining)
+        return;
+    s->draining = 1;
+    MHD_socket fd = MHD_quiesce_daemon(s->mhd);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
 }

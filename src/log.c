@@ -42,6 +42,8 @@ int log_get_level(void)
 int log_open(const char *path)
 {
     if (!path || !*path || strcmp(path, "-") == 0) {
+        if (g_out)
+            fclose(g_out);
         g_out = NULL;
         return BD_OK;
     }

@@ -3,6 +3,7 @@
 #include "banditd/loop.h"
 #include "banditd/err.h"
 #include "banditd/log.h"
+#include "banditd/state.h"
 #include "banditd/util.h"
 
 #include <assert.h>
@@ -17,6 +18,10 @@ struct loop {
     upstream *up;
     decisions *ds;
     volatile sig_atomic_t stop;
+    struct state *st; /* durable state, or NULL */
+    volatile sig_atomic_t reload; /* SIGHUP seen, hook not run yet */
+    loop_reload_fn reload_fn;
+    void *reload_ud;
 };
 
 loop *loop_create(http_server *h, upstream *u, decisions *ds)
@@ -34,6 +39,11 @@ loop *loop_create(http_server *h, upstream *u, decisions *ds)
 void loop_destroy(loop *l)
 {
     free(l);
+}
+
+void loop_set_state(loop *l, struct state *st)
+{
+    l->st = st;
 }
 
 void loop_stop(loop *l)
@@ -58,15 +68,52 @@ int loop_step(loop *l, int max_wait_ms)
     /* curl first: its callbacks may resume connections, which MHD_run then serves. */
     if (upstream_perform(l->up) != BD_OK)
         return BD_ERR_IO;
+    if (l->st)
+        state_poll(l->st, util_wall_s()); /* store callbacks may resume connections too */
     http_run(l->http);
     if (l->ds)
         decisions_expire(l->ds, util_wall_s(), LOOP_EXPIRE_BUDGET);
     return BD_OK;
 }
 
+void loop_set_reload_hook(loop *l, loop_reload_fn fn, void *ud)
+{
+    l->reload_fn = fn;
+    l->reload_ud = ud;
+}
+
+void loop_request_reload(loop *l)
+{
+    l->reload = 1;
+    upstream_wakeup(l->up);
+}
+
+static void run_reload(loop *l)
+{
+    l->reload = 0;
+    if (l->reload_fn)
+        l->reload_fn(l->reload_ud);
+}
+
+int loop_drain(loop *l, double deadline_ms)
+{
+    while (http_active(l->http) > 0) {
+        double left = deadline_ms - util_now_ms();
+        if (left <= 0)
+            return BD_ERR_TIMEOUT;
+        if (l->reload)
+            run_reload(l);
+        if (loop_step(l, left < LOOP_MAX_WAIT_MS ? (int)left + 1 : LOOP_MAX_WAIT_MS) != BD_OK)
+            return BD_ERR_IO;
+    }
+    return BD_OK;
+}
+
 int loop_run(loop *l)
 {
     while (!l->stop) {
+        if (l->reload)
+            run_reload(l);
         if (loop_step(l, LOOP_MAX_WAIT_MS) != BD_OK) {
             log_emit(LOG_ERROR, "event loop polling failed", NULL);
             return BD_ERR_IO;

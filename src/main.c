@@ -5,9 +5,14 @@
 #include "banditd/http.h"
 #include "banditd/log.h"
 #include "banditd/loop.h"
+#include "banditd/metrics.h"
+#include "banditd/reload.h"
 #include "banditd/replay.h"
 #include "banditd/router.h"
+#include "banditd/state.h"
+#include "banditd/store.h"
 #include "banditd/upstream.h"
+#include "banditd/util.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -25,15 +30,47 @@ static loop *g_loop; /* for the signal handler */
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    if (g_loop)
+    if (!g_loop)
+        return;
+    if (sig == SIGHUP)
+        loop_request_reload(g_loop);
+    else
         loop_stop(g_loop);
+}
+
+/* Reload (SIGHUP, POST /admin/reload): runs on the loop thread. */
+struct reload_ctx {
+    http_server *hs;
+    const char *path;
+    int listen_fixed; /* --listen given: the file's listen is not used */
+};
+
+static int reload_hook_http(void *ud, char *err, size_t errlen)
+{
+    struct reload_ctx *rc = ud;
+    int r = reload_from_file(rc->hs, rc->path, rc->listen_fixed, err, errlen);
+    if (r != BD_OK)
+        log_emit(LOG_ERROR, err, "\"event\":\"reload_rejected\"");
+    return r;
+}
+
+static void reload_hook_signal(void *ud)
+{
+    char err[512];
+    reload_hook_http(ud, err, sizeof err);
+}
+
+static double decisions_pending_fn(void *ud)
+{
+    return (double)decisions_pending(ud);
 }
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: banditd --config FILE [--listen HOST:PORT] [--port-file PATH]\n"
                "       banditd --check-config FILE\n"
+               "       banditd --config FILE --reset-state   (delete the stored state first)\n"
+               "       banditd export --format jsonl [--config FILE | --db PATH] [--output F]\n"
                "       banditd replay --data FILE.jsonl [options]   (see banditd replay --help)\n"
                "       banditd --help | --version\n"
                "\n"
@@ -93,7 +130,79 @@ static void raise_fd_limit(void)
     }
 }
 
-static int run_daemon(const char *config_path, const char *listen, const char *port_file)
+/* The store's writer thread wakes the loop through curl's eventfd. */
+static void store_wake(void *ud)
+{
+    upstream_wakeup(ud);
+}
+
+/* banditd export --format jsonl [--config FILE | --db PATH] [--output FILE] */
+static int export_main(int argc, char **argv)
+{
+    const char *format = "jsonl", *config_path = NULL, *db = NULL, *output = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--format") == 0 && i + 1 < argc)
+            format = argv[++i];
+        else if (strcmp(a, "--config") == 0 && i + 1 < argc)
+            config_path = argv[++i];
+        else if (strcmp(a, "--db") == 0 && i + 1 < argc)
+            db = argv[++i];
+        else if (strcmp(a, "--output") == 0 && i + 1 < argc)
+            output = argv[++i];
+        else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            printf("usage: banditd export --format jsonl [--config FILE | --db PATH] "
+                   "[--output FILE]\n"
+                   "Dumps the decisions and the feedback log of a banditd database as JSON\n"
+                   "lines (docs/state.md); safe while the daemon runs.\n");
+            return 0;
+        } else {
+            fprintf(stderr, "banditd export: unknown or incomplete argument \"%s\"\n", a);
+            return 2;
+        }
+    }
+    if (strcmp(format, "jsonl") != 0) {
+        fprintf(stderr, "banditd export: unsupported --format \"%s\" (only jsonl)\n", format);
+        return 2;
+    }
+    if (!!config_path == !!db) {
+        fprintf(stderr, "banditd export: give exactly one of --config FILE or --db PATH\n");
+        return 2;
+    }
+    char err[512];
+    struct config *cfg = NULL;
+    if (config_path) {
+        if (config_load_file(config_path, &cfg, err, sizeof err) != BD_OK) {
+            fprintf(stderr, "banditd export: %s\n", err);
+            return 1;
+        }
+        if (!cfg->store.path[0]) {
+            fprintf(stderr, "banditd export: %s has no store.path (state is in memory only)\n",
+                    config_path);
+            config_destroy(cfg);
+            return 1;
+        }
+        db = cfg->store.path;
+    }
+    FILE *out = output ? fopen(output, "w") : stdout;
+    int rc = 1;
+    if (!out) {
+        fprintf(stderr, "banditd export: cannot open %s for writing\n", output);
+    } else if (store_export(db, out, err, sizeof err) != BD_OK) {
+        fprintf(stderr, "banditd export: %s\n", err);
+    } else {
+        rc = 0;
+    }
+    if (out && out != stdout && fclose(out) != 0 && rc == 0) {
+        fprintf(stderr, "banditd export: writing %s failed\n", output);
+        rc = 1;
+    }
+    config_destroy(cfg);
+    return rc;
+}
+
+static int run_daemon(const char *config_path, const char *listen, const char *port_file,
+                      int reset_state)
 {
     char err[512];
     struct config *cfg = NULL;
@@ -122,6 +231,9 @@ static int run_daemon(const char *config_path, const char *listen, const char *p
     upstream *up = NULL;
     http_server *hs = NULL;
     loop *lp = NULL;
+    state *st = NULL;
+    struct metrics *reg = NULL;
+    struct metrics_banditd *mcat = NULL;
 
     rt = router_create(cfg);
     if (!rt) {
@@ -138,7 +250,37 @@ static int run_daemon(const char *config_path, const char *listen, const char *p
         fprintf(stderr, "banditd: cannot create the upstream client\n");
         goto out;
     }
-    struct http_deps deps = {.cfg = cfg, .rt = rt, .ds = ds, .up = up};
+    if (cfg->store.path[0]) {
+        /* Durable state: restore the model and the pending decisions first. */
+        struct state_restore_info ri;
+        double t0 = util_now_ms();
+        if (state_open(cfg, rt, ds, reset_state ? STORE_RESET : 0, store_wake, up, &st, &ri, err,
+                       sizeof err) != BD_OK) {
+            fprintf(stderr, "banditd: %s\n", err);
+            goto out;
+        }
+        char f[384];
+        snprintf(f, sizeof f,
+                 "\"path\":\"%.200s\",\"snapshots\":%d,\"replayed\":%llu,\"decisions\":%llu,"
+                 "\"ms\":%.1f",
+                 cfg->store.path, ri.snapshots, (unsigned long long)ri.replayed,
+                 (unsigned long long)ri.decisions, util_now_ms() - t0);
+        log_emit(LOG_INFO, "state restored", f);
+    } else if (reset_state) {
+        fprintf(stderr, "banditd: --reset-state: the config has no store.path\n");
+        goto out;
+    }
+    reg = metrics_create();
+    const char *arm_names[CONFIG_MAX_ARMS];
+    for (size_t i = 0; i < cfg->n_arms; i++)
+        arm_names[i] = cfg->arms[i].name;
+    if (!reg || metrics_banditd_create(reg, BANDITD_VERSION, arm_names, cfg->n_arms, &mcat) != 0) {
+        fprintf(stderr, "banditd: cannot create the metrics registry\n");
+        goto out;
+    }
+    metrics_banditd_bind_decisions_pending(mcat, decisions_pending_fn, ds);
+    struct http_deps deps = {
+        .cfg = cfg, .rt = rt, .ds = ds, .up = up, .metrics = reg, .mcat = mcat, .state = st};
     if (http_start(&deps, host, port, &hs, err, sizeof err) != BD_OK) {
         fprintf(stderr, "banditd: %s\n", err);
         goto out;
@@ -148,6 +290,7 @@ static int run_daemon(const char *config_path, const char *listen, const char *p
         fprintf(stderr, "banditd: out of memory\n");
         goto out;
     }
+    loop_set_state(lp, st);
     char fields[256];
     snprintf(fields, sizeof fields,
              "\"host\":\"%.100s\",\"port\":%d,\"arms\":%zu,\"version\":\"%s\"", host, http_port(hs),
@@ -158,6 +301,10 @@ static int run_daemon(const char *config_path, const char *listen, const char *p
         goto out;
     }
 
+    struct reload_ctx rctx = {.hs = hs, .path = config_path, .listen_fixed = listen != NULL};
+    http_set_reload_hook(hs, reload_hook_http, &rctx);
+    loop_set_reload_hook(lp, reload_hook_signal, &rctx);
+
     g_loop = lp;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -165,19 +312,47 @@ static int run_daemon(const char *config_path, const char *listen, const char *p
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
 
     rc = loop_run(lp) == BD_OK ? 0 : 1;
-    log_emit(LOG_INFO, "shutting down", NULL);
+    if (rc == 0) {
+        /* Graceful shutdown: stop accepting, let requests in flight (streams
+         * too) finish up to limits.shutdown_grace_s. */
+        unsigned grace = http_config(hs)->limits.shutdown_grace_s;
+        char f[128];
+        snprintf(f, sizeof f, "\"inflight\":%zu,\"grace_s\":%u", http_active(hs), grace);
+        log_emit(LOG_INFO, "shutting down: draining", f);
+        http_quiesce(hs);
+        int d = loop_drain(lp, util_now_ms() + 1000.0 * grace);
+        snprintf(f, sizeof f, "\"drained\":%s,\"cut\":%zu", d == BD_OK ? "true" : "false",
+                 http_active(hs));
+        log_emit(d == BD_OK ? LOG_INFO : LOG_WARN, "shutting down", f);
+    }
+    /* The store's final flush (queue drain + snapshot) runs at out: below,
+     * after the drain and before the teardown. */
 
 out:
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
+    /* Ignore (not default) from here: a second SIGTERM must not kill the
+     * process while the store flushes. */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     g_loop = NULL;
+    /* Flush the store (every queued write commits, acknowledged feedback is
+     * applied, requests still waiting get their answer), final snapshot,
+     * close. Before http_destroy: the config a reload installed lives there. */
+    if (lp)
+        loop_set_state(lp, NULL);
+    state_close(st);
+    if (hs)
+        http_detach_state(hs);
     http_destroy(hs); /* resumes suspended connections, cancels upstream calls */
     loop_destroy(lp);
     upstream_destroy(up);
     decisions_destroy(ds);
     router_destroy(rt);
+    metrics_banditd_destroy(mcat);
+    metrics_destroy(reg);
     config_destroy(cfg);
     return rc;
 }
@@ -186,8 +361,11 @@ int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "replay") == 0)
         return replay_main(argc - 1, argv + 1);
+    if (argc >= 2 && strcmp(argv[1], "export") == 0)
+        return export_main(argc - 1, argv + 1);
 
     const char *config_path = NULL, *listen = NULL, *port_file = NULL, *check = NULL;
+    int reset_state = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -204,6 +382,8 @@ int main(int argc, char **argv)
             port_file = argv[++i];
         } else if (strcmp(a, "--check-config") == 0 && i + 1 < argc) {
             check = argv[++i];
+        } else if (strcmp(a, "--reset-state") == 0) {
+            reset_state = 1;
         } else {
             fprintf(stderr, "banditd: unknown or incomplete argument \"%s\"\n", a);
             usage(stderr);
@@ -227,13 +407,16 @@ int main(int argc, char **argv)
     }
 
     signal(SIGPIPE, SIG_IGN);
+    /* A file-size limit must fail the store's write (EFBIG: the feedback
+     * answers 503), not kill the daemon. */
+    signal(SIGXFSZ, SIG_IGN);
     openblas_set_num_threads(1);
     raise_fd_limit();
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         fprintf(stderr, "banditd: curl_global_init failed\n");
         return 1;
     }
-    int rc = run_daemon(config_path, listen, port_file);
+    int rc = run_daemon(config_path, listen, port_file, reset_state);
     curl_global_cleanup();
     return rc;
 }

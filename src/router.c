@@ -16,6 +16,7 @@
 
 #include <assert.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +34,7 @@ struct arm {
     struct router_arm_stats st;
     double completion_sum;
     uint64_t lat_obs, ttfb_obs;
+    char name[CONFIG_NAME_MAX]; /* the config arm's name (reconfiguration matches by it) */
 };
 
 struct router {
@@ -43,6 +45,10 @@ struct router {
     double cbar, lbar; /* running means of per-request maxima */
     double cbar_n, lbar_n;
     struct arm arms[ROUTER_MAX_ARMS];
+    /* Arms removed by router_reconfigure, kept by name (oldest first) so that
+     * re-adding an arm of the same name gets its learned state back. */
+    struct arm retired[ROUTER_MAX_ARMS];
+    int n_retired;
 };
 
 router *router_create(const struct config *cfg)
@@ -77,6 +83,7 @@ router *router_create(const struct config *cfg)
         a->price_in = ca->price_in_per_mtok;
         a->price_out = ca->price_out_per_mtok;
         a->st.exp_completion_tokens = PRIOR_COMPLETION_TOKENS;
+        snprintf(a->name, sizeof a->name, "%s", ca->name);
     }
     return r;
 fail:
@@ -90,6 +97,8 @@ void router_destroy(router *r)
         return;
     for (int i = 0; i < r->n_arms; i++)
         linucb_destroy(r->arms[i].m);
+    for (int i = 0; i < r->n_retired; i++)
+        linucb_destroy(r->retired[i].m);
     free(r);
 }
 
@@ -260,4 +269,139 @@ linucb *router_model_mut(router *r, int arm)
     if (r == NULL || arm < 0 || arm >= r->n_arms)
         return NULL;
     return r->arms[arm].m;
+}
+
+/* ---- reconfiguration (config reload; see router.h) ---------------------- */
+
+int router_arm_index(const router *r, const char *name)
+{
+    assert(r != NULL && name != NULL);
+    for (int i = 0; i < r->n_arms; i++)
+        if (strcmp(r->arms[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+const char *router_arm_name(const router *r, int arm)
+{
+    if (r == NULL || arm < 0 || arm >= r->n_arms)
+        return NULL;
+    return r->arms[arm].name;
+}
+
+static int retired_index(const router *r, const char *name)
+{
+    for (int i = 0; i < r->n_retired; i++)
+        if (strcmp(r->retired[i].name, name) == 0)
+            return i;
+    return -1;
+}
+
+int router_reconfigure(router *r, const struct config *cfg, int *map)
+{
+    assert(r != NULL && cfg != NULL);
+    const struct config_router *rc = &cfg->router;
+    if (cfg->n_arms < 1 || cfg->n_arms > ROUTER_MAX_ARMS || rc->dim != r->dim ||
+        !isfinite(rc->alpha) || rc->alpha < 0 || !isfinite(rc->thompson_v) ||
+        rc->thompson_v < 0 ||
+        (rc->policy != CONFIG_POLICY_LINUCB && rc->policy != CONFIG_POLICY_THOMPSON))
+        return BD_ERR_INVALID;
+    int n = (int)cfg->n_arms;
+    int from[ROUTER_MAX_ARMS];  /* new arm i comes from old arm from[i], or -1 */
+    int from_r[ROUTER_MAX_ARMS]; /* … or from retired slot from_r[i], or -1 */
+    linucb *fresh[ROUTER_MAX_ARMS] = {0};
+    for (int i = 0; i < n; i++) {
+        const struct config_arm *ca = &cfg->arms[i];
+        if (!isfinite(ca->price_in_per_mtok) || ca->price_in_per_mtok < 0 ||
+            !isfinite(ca->price_out_per_mtok) || ca->price_out_per_mtok < 0)
+            goto invalid;
+        for (int j = 0; j < i; j++)
+            if (strcmp(cfg->arms[j].name, ca->name) == 0)
+                goto invalid;
+        from[i] = router_arm_index(r, ca->name);
+        from_r[i] = from[i] < 0 ? retired_index(r, ca->name) : -1;
+        if (from[i] < 0 && from_r[i] < 0) {
+            fresh[i] = linucb_create(r->dim, rc->lambda, rc->mu0, rc->forgetting,
+                                     rc->refactor_every);
+            if (fresh[i] == NULL) {
+                for (int j = 0; j < i; j++)
+                    linucb_destroy(fresh[j]);
+                return BD_ERR_NOMEM;
+            }
+            if (ca->has_prior)
+                linucb_set_prior(fresh[i], ca->prior_quality);
+        }
+    }
+    /* Nothing can fail from here on. */
+    struct arm next[ROUTER_MAX_ARMS];
+    memset(next, 0, sizeof next);
+    unsigned char kept[ROUTER_MAX_ARMS] = {0};
+    for (int i = 0; i < n; i++) {
+        const struct config_arm *ca = &cfg->arms[i];
+        if (from[i] >= 0) {
+            next[i] = r->arms[from[i]];
+            kept[from[i]] = 1;
+        } else if (from_r[i] >= 0) {
+            next[i] = r->retired[from_r[i]];
+            r->retired[from_r[i]].m = NULL; /* moved out; compacted below */
+        } else {
+            next[i].m = fresh[i];
+            next[i].st.exp_completion_tokens = PRIOR_COMPLETION_TOKENS;
+            snprintf(next[i].name, sizeof next[i].name, "%s", ca->name);
+        }
+        next[i].price_in = ca->price_in_per_mtok;
+        next[i].price_out = ca->price_out_per_mtok;
+    }
+    /* Compact the retired list (drop the slots moved back in). */
+    int k = 0;
+    for (int i = 0; i < r->n_retired; i++)
+        if (r->retired[i].m != NULL)
+            r->retired[k++] = r->retired[i];
+    r->n_retired = k;
+    /* Retire removed arms; the oldest retired arm makes room when full. */
+    for (int i = 0; i < r->n_arms; i++) {
+        if (map != NULL)
+            map[i] = -1;
+        if (kept[i])
+            continue;
+        if (r->n_retired == ROUTER_MAX_ARMS) {
+            linucb_destroy(r->retired[0].m);
+            memmove(&r->retired[0], &r->retired[1],
+                    (size_t)(ROUTER_MAX_ARMS - 1) * sizeof r->retired[0]);
+            r->n_retired--;
+        }
+        r->retired[r->n_retired++] = r->arms[i];
+    }
+    if (map != NULL)
+        for (int i = 0; i < n; i++)
+            if (from[i] >= 0)
+                map[from[i]] = i;
+    memcpy(r->arms, next, (size_t)n * sizeof next[0]);
+    if (n < ROUTER_MAX_ARMS)
+        memset(&r->arms[n], 0, (size_t)(ROUTER_MAX_ARMS - n) * sizeof r->arms[0]);
+    r->n_arms = n;
+    r->policy = rc->policy;
+    r->alpha = rc->alpha;
+    r->thompson_v = rc->thompson_v;
+    return BD_OK;
+invalid:
+    for (int j = 0; j < n; j++)
+        linucb_destroy(fresh[j]);
+    return BD_ERR_INVALID;
+}
+
+void router_restore_arm_stats(router *r, int arm, const struct router_arm_stats *st)
+{
+    assert(r != NULL && st != NULL);
+    if (arm < 0 || arm >= r->n_arms)
+        return;
+    struct arm *a = &r->arms[arm];
+    a->st = *st;
+    /* Re-derive the running sums the estimates came from. */
+    a->completion_sum = st->exp_completion_tokens * (PRIOR_COMPLETION_WEIGHT + (double)st->usage_obs) -
+                        PRIOR_COMPLETION_TOKENS * PRIOR_COMPLETION_WEIGHT;
+    if (a->completion_sum < 0)
+        a->completion_sum = 0;
+    a->lat_obs = st->latency_ms > 0 ? 1 : 0;
+    a->ttfb_obs = st->ttfb_ms > 0 ? 1 : 0;
 }

@@ -965,12 +965,22 @@ static const char *col_text(sqlite3_stmt *st, int col)
 int store_load_decisions(store *s, double now_s, double ttl_s,
                          int (*cb)(const struct store_decision *d, void *ud), void *ud)
 {
+    return store_load_decisions_ex(s, now_s, ttl_s, 0, cb, ud);
+}
+
+int store_load_decisions_ex(store *s, double now_s, double ttl_s, int answered,
+                            int (*cb)(const struct store_decision *d, void *ud), void *ud)
+{
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(
         s->rdb,
-        "SELECT id, completion_id, arm_name, x, w_q, w_c, w_l, created_s, cost_usd, latency_ms,"
-        " client FROM decisions d WHERE created_s >= ? AND NOT EXISTS"
-        " (SELECT 1 FROM feedback f WHERE f.request_id = d.id) ORDER BY created_s, rowid",
+        answered
+            ? "SELECT id, completion_id, arm_name, x, w_q, w_c, w_l, created_s, cost_usd,"
+              " latency_ms, client FROM decisions d WHERE created_s >= ? AND EXISTS"
+              " (SELECT 1 FROM feedback f WHERE f.request_id = d.id) ORDER BY created_s, rowid"
+            : "SELECT id, completion_id, arm_name, x, w_q, w_c, w_l, created_s, cost_usd,"
+              " latency_ms, client FROM decisions d WHERE created_s >= ? AND NOT EXISTS"
+              " (SELECT 1 FROM feedback f WHERE f.request_id = d.id) ORDER BY created_s, rowid",
         -1, &st, NULL);
     if (rc != SQLITE_OK)
         return map_sqlite(rc);

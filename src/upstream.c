@@ -28,7 +28,16 @@ struct upstream_call {
     int headers_done;
     double t_start_ms;
     double t_first_byte_ms; /* <0 until the first body byte */
+    double ttfb_deadline_ms; /* <0 none or first byte seen */
+    long retry_after_ms;     /* latest Retry-After, -1 none */
     struct upstream_call *prev, *next;
+};
+
+struct upstream_timer {
+    double due_ms;
+    void (*fn)(void *ud);
+    void *ud;
+    struct upstream_timer *next;
 };
 
 /* Socket-driven multi interface: curl tells us (SOCKETFUNCTION) which sockets
@@ -46,7 +55,9 @@ struct upstream {
     int extra_fd;             /* registered extra fd, -1 none */
     double timer_deadline_ms; /* curl's timer, <0 none */
     struct epoll_event ev[UPSTREAM_MAX_EVENTS];
-    int n_ev; /* events from the last upstream_poll */
+    int n_ev;               /* events from the last upstream_poll */
+    double ttfb_next_ms;    /* earliest ttfb deadline of any call, <0 none */
+    struct upstream_timer *timers; /* pending one-shot timers (few) */
 };
 
 static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
@@ -82,6 +93,7 @@ upstream *upstream_create(long max_total, long max_host)
         return NULL;
     u->extra_fd = -1;
     u->timer_deadline_ms = -1;
+    u->ttfb_next_ms = -1;
     u->epfd = epoll_create1(EPOLL_CLOEXEC);
     u->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     u->multi = curl_multi_init();
@@ -136,6 +148,11 @@ void upstream_destroy(upstream *u)
         return;
     while (u->calls)
         call_free(u, u->calls);
+    while (u->timers) {
+        struct upstream_timer *t = u->timers;
+        u->timers = t->next;
+        free(t);
+    }
     curl_multi_cleanup(u->multi);
     close(u->epfd);
     close(u->wakefd);
@@ -146,11 +163,29 @@ static size_t header_cb(char *data, size_t size, size_t nmemb, void *p)
 {
     upstream_call *c = p;
     size_t len = size * nmemb;
+    c->ttfb_deadline_ms = -1; /* the first byte is here */
     if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
         /* A new status line (there may be 1xx interim responses first). */
         const char *sp = memchr(data, ' ', len);
         c->status = sp ? strtol(sp + 1, NULL, 10) : 0;
         c->content_type[0] = '\0';
+        c->retry_after_ms = -1;
+        return len;
+    }
+    static const char ra[] = "retry-after:";
+    if (len > sizeof ra - 1 && len < 64 && strncasecmp(data, ra, sizeof ra - 1) == 0) {
+        char v[64];
+        memcpy(v, data + sizeof ra - 1, len - (sizeof ra - 1));
+        v[len - (sizeof ra - 1)] = '\0';
+        char *q = v, *end;
+        while (*q == ' ' || *q == '\t')
+            q++;
+        errno = 0;
+        long secs = strtol(q, &end, 10);
+        while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
+            end++;
+        if (end != q && *end == '\0' && errno == 0 && secs >= 0 && secs <= 86400)
+            c->retry_after_ms = secs * 1000;
         return len;
     }
     static const char ct[] = "content-type:";
@@ -208,6 +243,8 @@ int upstream_start(upstream *u, const struct upstream_req *rq, const struct upst
     c->cb = *cb;
     c->ud = ud;
     c->t_first_byte_ms = -1;
+    c->ttfb_deadline_ms = -1;
+    c->retry_after_ms = -1;
     c->easy = curl_easy_init();
     if (!c->easy) {
         free(c);
@@ -262,6 +299,11 @@ int upstream_start(upstream *u, const struct upstream_req *rq, const struct upst
     if (bad)
         goto refused;
     c->t_start_ms = util_now_ms();
+    if (rq->ttfb_timeout_ms > 0) {
+        c->ttfb_deadline_ms = c->t_start_ms + (double)rq->ttfb_timeout_ms;
+        if (u->ttfb_next_ms < 0 || c->ttfb_deadline_ms < u->ttfb_next_ms)
+            u->ttfb_next_ms = c->ttfb_deadline_ms;
+    }
     c->next = u->calls;
     if (u->calls)
         u->calls->prev = c;
@@ -294,6 +336,84 @@ void upstream_cancel(upstream *u, upstream_call *c)
 void upstream_resume(upstream_call *c)
 {
     curl_easy_pause(c->easy, CURLPAUSE_CONT);
+}
+
+long upstream_retry_after_ms(const upstream_call *c)
+{
+    return c->retry_after_ms;
+}
+
+int upstream_timer_start(upstream *u, double delay_ms, void (*fn)(void *ud), void *ud,
+                         upstream_timer **out)
+{
+    assert(u && fn && out);
+    struct upstream_timer *t = calloc(1, sizeof *t);
+    if (!t)
+        return BD_ERR_NOMEM;
+    t->due_ms = util_now_ms() + (delay_ms > 0 ? delay_ms : 0);
+    t->fn = fn;
+    t->ud = ud;
+    t->next = u->timers;
+    u->timers = t;
+    *out = t;
+    return BD_OK;
+}
+
+void upstream_timer_cancel(upstream *u, upstream_timer *t)
+{
+    if (!t)
+        return;
+    for (struct upstream_timer **pp = &u->timers; *pp; pp = &(*pp)->next) {
+        if (*pp == t) {
+            *pp = t->next;
+            free(t);
+            return;
+        }
+    }
+    assert(!"upstream_timer_cancel: unknown timer");
+}
+
+/* Run due timers, one at a time (a callback may add or cancel timers). */
+static void run_timers(upstream *u)
+{
+    double now = util_now_ms();
+    for (;;) {
+        struct upstream_timer **pp = &u->timers;
+        while (*pp && (*pp)->due_ms > now)
+            pp = &(*pp)->next;
+        struct upstream_timer *t = *pp;
+        if (!t)
+            return;
+        *pp = t->next;
+        void (*fn)(void *) = t->fn;
+        void *ud = t->ud;
+        free(t);
+        fn(ud);
+    }
+}
+
+/* End calls whose first byte is overdue, one at a time (on_done may start or
+ * cancel calls), then recompute the earliest remaining deadline. */
+static void expire_ttfb(upstream *u)
+{
+    double now = util_now_ms();
+    if (u->ttfb_next_ms < 0 || now < u->ttfb_next_ms)
+        return;
+    for (;;) {
+        upstream_call *c = u->calls;
+        while (c && !(c->ttfb_deadline_ms >= 0 && c->ttfb_deadline_ms <= now))
+            c = c->next;
+        if (!c)
+            break;
+        struct upstream_cbs cb = c->cb;
+        void *ud = c->ud;
+        call_free(u, c);
+        cb.on_done(ud, BD_ERR_TIMEOUT, "upstream time to first byte exceeded");
+    }
+    u->ttfb_next_ms = -1;
+    for (upstream_call *c = u->calls; c; c = c->next)
+        if (c->ttfb_deadline_ms >= 0 && (u->ttfb_next_ms < 0 || c->ttfb_deadline_ms < u->ttfb_next_ms))
+            u->ttfb_next_ms = c->ttfb_deadline_ms;
 }
 
 double upstream_ttfb_ms(const upstream_call *c)
@@ -384,14 +504,22 @@ int upstream_perform(upstream *u)
             return BD_ERR_IO;
     }
     drain_done(u);
+    expire_ttfb(u);
+    run_timers(u);
     return BD_OK;
 }
 
 long upstream_timeout_ms(upstream *u)
 {
-    if (u->timer_deadline_ms < 0)
+    double due = u->timer_deadline_ms;
+    if (u->ttfb_next_ms >= 0 && (due < 0 || u->ttfb_next_ms < due))
+        due = u->ttfb_next_ms;
+    for (const struct upstream_timer *t = u->timers; t; t = t->next)
+        if (due < 0 || t->due_ms < due)
+            due = t->due_ms;
+    if (due < 0)
         return -1;
-    double left = u->timer_deadline_ms - util_now_ms();
+    double left = due - util_now_ms();
     return left <= 0 ? 0 : (long)left + 1;
 }
 

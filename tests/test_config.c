@@ -99,6 +99,9 @@ START_TEST(test_defaults)
     ck_assert_int_eq(cfg->feedback.ttl_s, 86400);
     ck_assert_uint_eq(cfg->feedback.max_pending, 1000000);
     ck_assert_str_eq(cfg->store.path, "");
+    ck_assert_int_eq(cfg->store.snapshot_interval_s, 60);
+    ck_assert_int_eq(cfg->store.snapshot_every, 1000);
+    ck_assert_int_eq(cfg->store.queue_cap, 4096);
     ck_assert_str_eq(cfg->auth.client_keys_env, "");
     ck_assert_str_eq(cfg->auth.admin_key_env, "");
     ck_assert_int_eq(cfg->log.level, LOG_INFO);
@@ -344,6 +347,18 @@ START_TEST(test_field_errors)
     parse_bad(with("\"feedback\":{\"max_pending\":0}"), "feedback.max_pending", NULL);
     parse_bad(with("\"feedback\":1"), "feedback", "object");
     parse_bad(with("\"store\":{\"path\":5}"), "store.path", "string");
+    parse_bad(with("\"store\":{\"snapshot_interval_s\":0}"), "store.snapshot_interval_s", NULL);
+    parse_bad(with("\"store\":{\"snapshot_every\":0}"), "store.snapshot_every", NULL);
+    parse_bad(with("\"store\":{\"queue_cap\":8}"), "store.queue_cap", NULL);
+    parse_bad(with("\"store\":{\"queue_cap\":1.5}"), "store.queue_cap", NULL);
+    {
+        struct config *sc = parse_ok(with("\"store\":{\"path\":\"x.db\",\"snapshot_interval_s\":5,"
+                                          "\"snapshot_every\":7,\"queue_cap\":64}"));
+        ck_assert_int_eq(sc->store.snapshot_interval_s, 5);
+        ck_assert_int_eq(sc->store.snapshot_every, 7);
+        ck_assert_int_eq(sc->store.queue_cap, 64);
+        config_destroy(sc);
+    }
     parse_bad(with("\"auth\":{\"client_keys_env\":\"A B\"}"), "auth.client_keys_env", NULL);
     parse_bad(with("\"auth\":{\"admin_key_env\":[]}"), "auth.admin_key_env", NULL);
     parse_bad(with("\"log\":{\"level\":\"verbose\"}"), "log.level", "debug");
@@ -354,6 +369,52 @@ START_TEST(test_field_errors)
     parse_bad(with("\"limits\":{\"connection_timeout_s\":-1}"), "limits.connection_timeout_s",
               NULL);
     parse_bad(with("\"limits\":{\"max_inflight\":1e300}"), "limits.max_inflight", NULL);
+}
+END_TEST
+
+START_TEST(test_resilience_fields)
+{
+    /* Defaults (issue 6 fields). */
+    struct config *cfg = parse_ok("{\"arms\":[" ARM_A "]}");
+    ck_assert_int_eq(cfg->arms[0].ttfb_timeout_ms, 0);
+    ck_assert_uint_eq(cfg->arms[0].max_inflight, 0);
+    ck_assert_int_eq(cfg->limits.max_fallbacks, 2);
+    ck_assert_int_eq(cfg->limits.max_retries, 1);
+    ck_assert_int_eq(cfg->limits.request_timeout_ms, 120000);
+    ck_assert_int_eq(cfg->health.failure_threshold, 5);
+    ck_assert_int_eq(cfg->health.cooldown_ms, 10000);
+    ck_assert_str_eq(cfg->auth.client_keys_file, "");
+    ck_assert_int_eq(cfg->auth.allow_unauthenticated_remote, 0);
+    config_destroy(cfg);
+    /* Explicit values. */
+    cfg = parse_ok("{\"arms\":[{\"name\":\"a\",\"base_url\":\"http://h/v1\","
+                   "\"price_in_per_mtok\":1,\"price_out_per_mtok\":2,\"ttfb_timeout_ms\":250,"
+                   "\"max_inflight\":7}],"
+                   "\"limits\":{\"max_fallbacks\":0,\"max_retries\":3,\"request_timeout_ms\":900},"
+                   "\"health\":{\"failure_threshold\":2,\"cooldown_ms\":1500},"
+                   "\"auth\":{\"client_keys_file\":\"/etc/keys\","
+                   "\"allow_unauthenticated_remote\":true}}");
+    ck_assert_int_eq(cfg->arms[0].ttfb_timeout_ms, 250);
+    ck_assert_uint_eq(cfg->arms[0].max_inflight, 7);
+    ck_assert_int_eq(cfg->limits.max_fallbacks, 0);
+    ck_assert_int_eq(cfg->limits.max_retries, 3);
+    ck_assert_int_eq(cfg->limits.request_timeout_ms, 900);
+    ck_assert_int_eq(cfg->health.failure_threshold, 2);
+    ck_assert_int_eq(cfg->health.cooldown_ms, 1500);
+    ck_assert_str_eq(cfg->auth.client_keys_file, "/etc/keys");
+    ck_assert_int_eq(cfg->auth.allow_unauthenticated_remote, 1);
+    config_destroy(cfg);
+    /* Errors name the field. */
+    parse_bad(with("\"limits\":{\"max_fallbacks\":-1}"), "limits.max_fallbacks", NULL);
+    parse_bad(with("\"limits\":{\"max_retries\":1.5}"), "limits.max_retries", NULL);
+    parse_bad(with("\"limits\":{\"request_timeout_ms\":0}"), "limits.request_timeout_ms", NULL);
+    parse_bad(with("\"health\":{\"failure_threshold\":0}"), "health.failure_threshold", NULL);
+    parse_bad(with("\"health\":{\"cooldown_ms\":\"x\"}"), "health.cooldown_ms", NULL);
+    parse_bad(with("\"health\":{\"probes\":1}"), "health.probes", "unknown field");
+    parse_bad(with("\"health\":3"), "health", "object");
+    parse_bad(with("\"auth\":{\"allow_unauthenticated_remote\":1}"),
+              "auth.allow_unauthenticated_remote", NULL);
+    parse_bad(with("\"auth\":{\"client_keys_file\":7}"), "auth.client_keys_file", NULL);
 }
 END_TEST
 
@@ -653,6 +714,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_full);
     tcase_add_test(tc, test_field_errors);
     tcase_add_test(tc, test_unknown_fields);
+    tcase_add_test(tc, test_resilience_fields);
     tcase_add_test(tc, test_duplicate_arm);
     tcase_add_test(tc, test_too_long);
     tcase_add_test(tc, test_listen);

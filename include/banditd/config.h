@@ -26,6 +26,8 @@ struct config_arm {
     double price_out_per_mtok;         /* USD per million completion tokens */
     long timeout_ms;                   /* total upstream deadline (default 60000) */
     long connect_timeout_ms;           /* default 5000 */
+    long ttfb_timeout_ms;              /* deadline for the first response byte; 0 = none (default) */
+    unsigned max_inflight;             /* calls in flight to this arm; 0 = unlimited (default) */
     int has_prior;                     /* prior_quality given? */
     double prior_quality;              /* in [0,1] */
 };
@@ -59,20 +61,34 @@ struct config {
     } feedback;
     struct {
         char path[512]; /* SQLite path; "" = in memory only */
+        long snapshot_interval_s; /* model snapshot at most this often, default 60 */
+        long snapshot_every;      /* ...or after this many feedbacks to an arm, default 1000 */
+        long queue_cap;           /* store write queue (ops), default 4096 */
     } store;
     struct {
         char client_keys_env[CONFIG_NAME_MAX]; /* "" = no client auth */
         char admin_key_env[CONFIG_NAME_MAX];
+        char client_keys_file[512];       /* file with one client key per line; "" = none */
+        int allow_unauthenticated_remote; /* bind non-loopback without client keys (default 0) */
     } auth;
+    struct {
+        int failure_threshold; /* consecutive failures that open an arm's circuit, default 5 */
+        long cooldown_ms;      /* open → half-open probe after this, default 10000 */
+    } health;
     struct {
         int level;      /* enum log_level, default info */
         char file[512]; /* "" = stderr */
+        int debug_bodies; /* log request bodies at debug level (default 0: never) */
     } log;
     struct {
         size_t max_body_bytes;        /* default 4 MiB */
         unsigned max_connections;     /* default 10000 */
         unsigned connection_timeout_s;/* idle/slow client timeout, default 30 */
         unsigned max_inflight;        /* upstream calls in flight, default 10000 */
+        int max_fallbacks;            /* other arms tried after a failure, default 2 */
+        int max_retries;              /* same-arm retries on 429/503 + Retry-After, default 1 */
+        long request_timeout_ms;      /* overall deadline of one chat request, default 120000 */
+        unsigned shutdown_grace_s;    /* SIGTERM: wait this long for in-flight requests, default 30 */
     } limits;
 };
 

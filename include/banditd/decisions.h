@@ -77,6 +77,13 @@ int decisions_take(decisions *ds, const char *id);
 /* Purge up to max_work expired entries/tombstones. Returns how many. */
 size_t decisions_expire(decisions *ds, double now_s, size_t max_work);
 
+/* Renumber arms after a config reload (additive, for reload.c): every live
+ * decision with arm a in [0, n_old) gets map[a]; a decision whose map entry is
+ * < 0 (arm removed), or whose arm is out of range, becomes an expired
+ * tombstone (its feedback then answers 410). O(live decisions). Returns how
+ * many decisions were dropped. */
+size_t decisions_remap_arms(decisions *ds, const int *map, int n_old);
+
 size_t decisions_pending(const decisions *ds);
 int decisions_dim(const decisions *ds);
 /* Live decisions evicted to make room since creation. */

@@ -32,6 +32,7 @@
 #include <stdint.h>
 #include "banditd/decisions.h"
 #include "banditd/router.h"
+#include "banditd/store.h"
 
 #define FEEDBACK_MAX_BATCH 1000
 
@@ -42,5 +43,64 @@
  * BD_ERR_NOMEM. */
 int feedback_handle(decisions *ds, router *rt, const char *body, size_t len, uint64_t client,
                     int admin, double now_s, int *status, char **body_out);
+
+/* ---- durable (asynchronous) feedback: the daemon's path when a store is
+ * configured (docs/state.md) ----
+ *
+ * feedback_submit validates and resolves every item at once (the same
+ * statuses as feedback_handle), then queues each resolved item in the store
+ * (store_put_feedback under the decision's request id) instead of applying
+ * it. The item counts as "in flight": a second feedback for the same request
+ * id gets 409 duplicate_feedback until the first one is settled. When the
+ * store's callback reports the commit (on the loop thread, from
+ * store_dispatch), the reward is applied to the router (router_feedback with
+ * the features copied at submit time), the decision is taken, on_applied is
+ * called, and the item answers 200. A store error answers 503
+ * store_unavailable (nothing was written; retry), a full queue 503
+ * store_busy, a row already in the store 409. The answer (single or batch
+ * document, as feedback_handle's) is produced once every item is settled.
+ * Single-threaded: the loop thread only. */
+
+typedef struct feedback_async feedback_async;
+typedef struct feedback_job feedback_job;
+
+/* Called for every feedback committed and applied: arm index, its seq. */
+typedef void (*feedback_applied_fn)(void *ud, int arm, int64_t seq);
+/* The final answer of a job: status and a malloc'd JSON body (ownership
+ * passes to the callee; NULL on OOM: answer 500). Called at most once. */
+typedef void (*feedback_reply_fn)(void *ud, int status, char *body);
+
+/* Arm names <-> router indices, as configured now (a config reload may
+ * renumber arms: an item in flight keeps its arm's name and is applied to
+ * that arm's index at commit time, or dropped from the model, still stored,
+ * if the arm is gone). name(ud, i): NULL if out of range; index(ud, name):
+ * -1 if unknown. */
+struct feedback_arms {
+    const char *(*name)(void *ud, int arm);
+    int (*index)(void *ud, const char *name);
+    void *ud;
+};
+
+/* Borrows ds, rt and st (they must outlive the object). NULL on OOM. */
+feedback_async *feedback_async_create(decisions *ds, router *rt, store *st,
+                                      const struct feedback_arms *arms,
+                                      feedback_applied_fn on_applied, void *applied_ud);
+/* Call after store_close (every callback has run: no job is left). */
+void feedback_async_destroy(feedback_async *fa);
+/* Items queued and not settled yet. */
+size_t feedback_async_inflight(const feedback_async *fa);
+
+/* Handle one /feedback body. Returns BD_ERR_NOMEM, or 0 and either
+ * *job == NULL with the answer in *status / *body_out (nothing was queued:
+ * a parse error, or every item failed at once), or *job != NULL: the answer
+ * comes later through reply(reply_ud, …), exactly once, unless the job is
+ * detached first. */
+int feedback_submit(feedback_async *fa, const char *body, size_t len, uint64_t client, int admin,
+                    double now_s, feedback_reply_fn reply, void *reply_ud, feedback_job **job,
+                    int *status, char **body_out);
+
+/* The requester went away: never call its reply. The items still settle
+ * (a committed feedback is still applied) and the job frees itself. */
+void feedback_job_detach(feedback_job *job);
 
 #endif

@@ -71,8 +71,35 @@ void router_observe(router *r, int arm, long completion_tokens, double ttfb_ms, 
 void router_observe_failure(router *r, int arm, double elapsed_ms);
 
 void router_arm_stats(const router *r, int arm, struct router_arm_stats *out);
+/* Restore an arm's counters and cost/latency estimates (from a snapshot);
+ * the quality model is restored separately (linucb_set_state). */
+void router_restore_arm_stats(router *r, int arm, const struct router_arm_stats *st);
 /* The arm's quality model (read-only; for snapshots and tests). */
 const linucb *router_model(const router *r, int arm);
 linucb *router_model_mut(router *r, int arm);
+
+/* ---- reconfiguration (config reload) ----------------------------------
+ * Additive API for live reconfiguration (reload.c). Arms are matched by name.
+ *
+ * router_reconfigure: afterwards the router's arm i is cfg->arms[i].
+ * - A surviving arm (same name) keeps its model, counters, cost and latency
+ *   estimates; its prices are updated.
+ * - A new arm starts fresh (cfg's lambda, mu0, forgetting, refactor_every and
+ *   its prior_quality), unless an arm of that name was removed earlier: it
+ *   then gets that arm's learned state back.
+ * - A removed arm is retired: kept by name (at most ROUTER_MAX_ARMS retired
+ *   arms, the oldest is dropped first), no longer scored.
+ * - policy, alpha and thompson_v are updated. lambda, mu0, forgetting and
+ *   refactor_every only apply to arms created from now on.
+ * map (may be NULL) receives, for each OLD arm index i < the old
+ * router_n_arms, its new index or -1 (removed): size it ROUTER_MAX_ARMS.
+ * Returns 0, BD_ERR_INVALID (cfg->router.dim differs from router_dim, no
+ * arms, bad prices or policy parameters, duplicate names) or BD_ERR_NOMEM;
+ * on error the router is unchanged. */
+int router_reconfigure(router *r, const struct config *cfg, int *map);
+/* Index of the arm named name, or -1. */
+int router_arm_index(const router *r, const char *name);
+/* Name of arm (borrowed, valid until the next reconfigure), NULL if out of range. */
+const char *router_arm_name(const router *r, int arm);
 
 #endif

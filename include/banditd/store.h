@@ -189,6 +189,12 @@ int store_dim(const store *s);
 int store_load_decisions(store *s, double now_s, double ttl_s,
                          int (*cb)(const struct store_decision *d, void *ud), void *ud);
 
+/* The same with answered != 0: the decisions within the TTL that DO have a
+ * feedback row (so that a restarted daemon answers 409, not 404, to a
+ * repeated feedback). answered == 0 is store_load_decisions. */
+int store_load_decisions_ex(store *s, double now_s, double ttl_s, int answered,
+                            int (*cb)(const struct store_decision *d, void *ud), void *ud);
+
 /* The latest snapshot of every arm name ever snapshotted (in name order).
  * Same return convention. */
 int store_load_model(store *s, int (*cb)(const struct store_arm_state *a, void *ud), void *ud);

@@ -42,6 +42,9 @@ struct upstream_req {
     long timeout_ms; /* total deadline (0 = none) */
     long connect_timeout_ms;
     int stream; /* Accept: text/event-stream */
+    /* Deadline for the first response byte (status line), 0 = none. When it
+     * passes, the call ends with on_done(BD_ERR_TIMEOUT). */
+    long ttfb_timeout_ms;
 };
 
 /* max_total: cap on open upstream connections (0 = unlimited); max_host: per
@@ -61,6 +64,20 @@ void upstream_cancel(upstream *u, upstream_call *c);
 void upstream_resume(upstream_call *c);
 /* Milliseconds since the call started until its first body byte (<0 if none). */
 double upstream_ttfb_ms(const upstream_call *c);
+
+/* The latest response header block's Retry-After in ms (delta-seconds form
+ * only), or -1 when absent/unparsable. Valid from on_headers on. */
+long upstream_retry_after_ms(const upstream_call *c);
+
+/* One-shot timers on the same loop (e.g. retry back-off): fn(ud) runs from
+ * inside upstream_perform() once delay_ms have passed; the timer is freed
+ * before fn runs. upstream_timeout_ms() accounts for pending timers.
+ * Returns 0 and *out, or BD_ERR_NOMEM. */
+typedef struct upstream_timer upstream_timer;
+int upstream_timer_start(upstream *u, double delay_ms, void (*fn)(void *ud), void *ud,
+                         upstream_timer **out);
+/* Cancel a pending timer (fn never runs). NULL is a no-op. */
+void upstream_timer_cancel(upstream *u, upstream_timer *t);
 
 /* Wait (epoll) up to timeout_ms (0..) for upstream socket activity, for extra_fd (-1 = none;
  * registered once, level-triggered)

@@ -29,6 +29,8 @@ Specs:
   cut                          streams two SSE events, then closes the socket abruptly
   big:N                        200 with a valid chat.completion of exactly N bytes
   reset                        closes the connection without answering
+POST /_control {"default_behavior": SPEC|null, "models": {MODEL: SPEC|null}} overrides
+the behaviour of later chat requests (all, or those for MODEL); answers the state.
 GET .../models answers a model list; GET /_fake/stats answers counters
 ({"requests","inflight","max_inflight","connections","max_connections"}).
 Anything else: 404 in OpenAI shape.
@@ -261,6 +263,11 @@ class FakeUpstream:
         self.record_fh = open(record, "a", encoding="utf-8") if record else None
         self.stats = Stats()
         self.barriers = {}  # n -> [waiting, asyncio.Event]
+        # POST /_control overrides (added for the circuit-breaker tests):
+        # "default_behavior" replaces the behaviour of every chat request,
+        # "models" {model: spec} that of requests for one model; null clears.
+        self.default_override = None
+        self.model_overrides = {}
 
     def record(self, method, path, headers, body):
         if not self.record_fh:
@@ -352,6 +359,26 @@ class FakeUpstream:
         self.record(method, path, headers, body)
         route = path.split("?", 1)[0]
 
+        if route == "/_control" and method == "POST":
+            try:
+                ctl = json.loads(body.decode("utf-8") or "{}")
+                if not isinstance(ctl, dict):
+                    raise ValueError("not an object")
+                if "default_behavior" in ctl:
+                    self.default_override = ctl["default_behavior"] or None
+                for m, spec in (ctl.get("models") or {}).items():
+                    if spec:
+                        self.model_overrides[m] = spec
+                    else:
+                        self.model_overrides.pop(m, None)
+            except (UnicodeDecodeError, ValueError, AttributeError):
+                self.send(writer, 400, error_body(400), keep=keep)
+                await writer.drain()
+                return keep
+            state = {"default_behavior": self.default_override, "models": self.model_overrides}
+            self.send(writer, 200, _dumps(state), keep=keep)
+            await writer.drain()
+            return keep
         if route == "/_fake/stats" and method == "GET":
             self.send(writer, 200, self.stats.as_json(), keep=keep)
             await writer.drain()
@@ -385,6 +412,9 @@ class FakeUpstream:
     async def chat(self, req, headers, reader, writer, keep):
         name, arg = behaviour_of(req, headers)
         model = req.get("model") if isinstance(req.get("model"), str) else ""
+        override = self.model_overrides.get(model) or self.default_override
+        if override:
+            name, _, arg = override.partition(":")
         auth = headers.get("authorization")
         text = user_text_of(req)
         if self.delay_ms:

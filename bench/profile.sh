@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, banditd's own process, under callgrind.
+# banditd (LinUCB over 2 arms, store as in bench/proxy.sh) runs under
+# valgrind --tool=callgrind in front of the nginx fake upstream
+# (bench/nginx/upstream.conf); bench/send_n.py sends the ~1 KB chat body of
+# bench/chat.lua over one kept-alive connection. Two runs, N1 and N2 requests:
+# Ir per request = (Ir(N2) − Ir(N1)) / (N2 − N1), which cancels start-up,
+# shutdown and the first request's warm-up. Prints the top functions (inclusive
+# share) of the N2 run too.
+#   usage: bench/profile.sh        env: BANDITD, N1=200, N2=2200, TOP=25, KEEP=dir
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+BANDITD=${BANDITD:-$root/${BUILD:-build}/banditd}
+N1=${N1:-200}
+N2=${N2:-2200}
+TOP=${TOP:-25}
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+command -v valgrind >/dev/null || { echo "profile: valgrind not found" >&2; exit 2; }
+
+tmp=$(mktemp -d /tmp/bench-profile.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [[ -n ${KEEP:-} ]]; then mkdir -p "$KEEP" && cp "$tmp"/callgrind.* "$KEEP"/ 2>/dev/null || true; fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+user_line=""
+[[ $(id -u) == 0 ]] && user_line="user root;"
+up_port=$(free_port)
+sed -e "s#@PREFIX@#$tmp#g" -e "s#@PORT@#$up_port#g" -e "s#@USER@#$user_line#g" \
+    "$here/nginx/upstream.conf" >"$tmp/upstream.conf"
+"$NGINX" -e stderr -p "$tmp" -c "$tmp/upstream.conf" -g 'daemon off;' 2>"$tmp/upstream.log" &
+pids+=($!)
+python3 - "$up_port" "$tmp/banditd.db" >"$tmp/banditd.json" <<'EOF'
+import json, sys
+port = int(sys.argv[1])
+arms = [{"name": "arm%d" % i, "base_url": "http://127.0.0.1:%d/v1" % port,
+         "model": "bench-model-%d" % i, "price_in_per_mtok": 0.15 + 2.0 * i,
+         "price_out_per_mtok": 0.6 + 8.0 * i, "timeout_ms": 60000,
+         "connect_timeout_ms": 5000} for i in range(2)]
+print(json.dumps({"listen": "127.0.0.1:8080", "arms": arms, "aliases": ["auto"],
+                  "router": {"policy": "linucb", "dim": 256},
+                  "store": {"path": sys.argv[2]}, "log": {"level": "warn"}}))
+EOF
+
+run() { # n → total Ir
+    local n=$1 out="$tmp/callgrind.out.$1"
+    rm -f "$tmp/banditd.port"
+    OPENBLAS_NUM_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$BANDITD" --config "$tmp/banditd.json" --listen 127.0.0.1:0 \
+        --port-file "$tmp/banditd.port" >"$tmp/bd.$n.out" 2>"$tmp/bd.$n.err" &
+    local vp=$!
+    pids+=($vp)
+    for _ in $(seq 600); do [[ -s $tmp/banditd.port ]] && break; sleep 0.1; done
+    [[ -s $tmp/banditd.port ]] || { echo "profile: banditd did not start" >&2; cat "$tmp/bd.$n.err" >&2; exit 1; }
+    python3 "$here/send_n.py" "$(cat "$tmp/banditd.port")" "$n" >&2
+    kill -TERM "$vp"
+    wait "$vp" || true
+    awk '/^summary:|^totals:/ {print $2; exit}' "$out"
+}
+
+echo "profile: load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+ir1=$(run "$N1")
+ir2=$(run "$N2")
+python3 -c "import sys; a,b,n1,n2=map(int,sys.argv[1:]); print('callgrind: Ir(%d)=%d Ir(%d)=%d -> %.0f instructions per proxied request' % (n1,a,n2,b,(b-a)/(n2-n1)))" \
+    "$ir1" "$ir2" "$N1" "$N2"
+if command -v callgrind_annotate >/dev/null; then
+    echo "top functions (inclusive, run with $N2 requests):"
+    callgrind_annotate --inclusive=yes "$tmp/callgrind.out.$N2" 2>/dev/null |
+        grep -E '^ *[0-9,]+ ' | head -n "$TOP"
+fi
