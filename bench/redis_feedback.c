@@ -243,7 +243,9 @@ int main(void)
     if (pipe2(wake_fd, O_NONBLOCK) != 0)
         return 1;
     printf("redis_feedback: dim=%d, %d arms, redis %s (%s)\n", DIM, NARMS, url,
-           env ? "external" : aof ? "appendonly yes, appendfsync always" : "no persistence");
+           env   ? "external"
+           : aof ? "appendonly yes, appendfsync always"
+                 : "no persistence");
 
     struct replica a, b;
     if (open_replica(url, &a, 0, NULL) || open_replica(url, &b, 1, t_app))
@@ -269,8 +271,8 @@ int main(void)
         wait_wake(5);
     }
     double dt = util_now_ms() - t0;
-    printf("  %d feedbacks acknowledged in %.0f ms: %.0f acks/s (failed %d)\n",
-           n_acked - acked0, dt, (n_acked - acked0) * 1000.0 / dt, n_failed);
+    printf("  %d feedbacks acknowledged in %.0f ms: %.0f acks/s (failed %d)\n", n_acked - acked0,
+           dt, (n_acked - acked0) * 1000.0 / dt, n_failed);
     base += n2;
     struct store_redis_stats st;
     store_redis_get_stats(a.s, &st);
@@ -289,8 +291,8 @@ int main(void)
         }
         dt = util_now_ms() - t0;
         printf("  %s: %" PRIu64 " events in %.0f ms: %.0f events/s\n",
-               with_model ? "with d=256 LinUCB updates" : "transport + decode only   ",
-               c.applied, dt, c.applied * 1000.0 / dt);
+               with_model ? "with d=256 LinUCB updates" : "transport + decode only   ", c.applied,
+               dt, c.applied * 1000.0 / dt);
         close_replica(&c);
     }
     close_replica(&a);

@@ -43,7 +43,16 @@ struct linucb {
     double *u;    /* d scratch (update) */
     double *work; /* d×d scratch (Cholesky) */
     float *P;     /* packed upper triangle of A⁻¹, rows i = 0..d-1, cols j >= i */
-    float *xs;    /* d scratch (score); mutated by the const score: single owner */
+    float *xs;    /* dp scratch (score), zero-padded; mutated by the const score: single owner */
+    /* Half-precision copy for linucb_score_approx (x86-64 with F16C only,
+     * else NULL): H = fp16(s·A⁻¹) with s = 1/max diag (so |H| <= 1), the
+     * diagonal halved and the lower triangle zero, in groups of 8 rows; group g
+     * holds rows 8g..8g+7, columns 8g..dp-1, stored chunk by chunk (8 columns ×
+     * 8 rows = 64 halves) so the kernel streams it linearly. */
+    uint16_t *H;
+    float *hsd;   /* sqrt of the scaled diagonal s·A⁻¹_ii (for the error bound) */
+    double hinv;  /* 1/s */
+    int dp;       /* d rounded up to a multiple of 8 */
 };
 
 static int all_finite(const double *v, size_t n)
@@ -54,8 +63,12 @@ static int all_finite(const double *v, size_t n)
     return 1;
 }
 
+static void refresh_half(linucb *m);
+static int half_supported(void);
+
 static void refresh_packed(linucb *m)
 {
+    refresh_half(m);
     int d = m->d;
     float *p = m->P;
     for (int i = 0; i < d; i++) {
@@ -155,10 +168,20 @@ linucb *linucb_create(int dim, double lambda, double mu0, double forgetting, int
     m->theta = malloc(d * sizeof(double));
     m->u = malloc(d * sizeof(double));
     m->P = malloc(d * (d + 1) / 2 * sizeof(float));
-    m->xs = malloc(d * sizeof(float));
+    m->dp = (int)((d + 7) / 8 * 8);
+    m->xs = calloc((size_t)m->dp, sizeof(float));
     if (!m->A || !m->Ainv || !m->work || !m->b || !m->theta || !m->u || !m->P || !m->xs) {
         linucb_destroy(m);
         return NULL;
+    }
+    if (half_supported()) {
+        size_t g = (size_t)m->dp / 8;
+        m->H = malloc(32 * g * (g + 1) * sizeof(uint16_t));
+        m->hsd = malloc(d * sizeof(float));
+        if (!m->H || !m->hsd) {
+            linucb_destroy(m);
+            return NULL;
+        }
     }
     reset_state(m);
     return m;
@@ -176,6 +199,8 @@ void linucb_destroy(linucb *m)
     free(m->u);
     free(m->P);
     free(m->xs);
+    free(m->H);
+    free(m->hsd);
     free(m);
 }
 
@@ -352,7 +377,135 @@ __attribute__((target("avx2,fma"))) static double quad_packed_avx2(const float *
     }
     return total;
 }
+/* ---- half-precision copy: refresh, kernel, approximate score ---- */
+
+__attribute__((target("avx2,fma,f16c"))) static void refresh_half_f16c(linucb *m)
+{
+    int d = m->d, dp = m->dp, G = dp / 8;
+    const double *Ai = m->Ainv;
+    double mx = 0.0;
+    for (int i = 0; i < d; i++)
+        if (Ai[(size_t)i * d + i] > mx)
+            mx = Ai[(size_t)i * d + i];
+    if (!(mx > 0.0) || !isfinite(mx))
+        mx = 1.0;
+    double sc = 1.0 / mx;
+    m->hinv = mx;
+    for (int i = 0; i < d; i++) {
+        double v = sc * Ai[(size_t)i * d + i];
+        m->hsd[i] = (float)sqrt(v > 0.0 ? v : 0.0);
+    }
+    uint16_t *h = m->H;
+    const __m256d s4 = _mm256_set1_pd(sc);
+    for (int g = 0; g < G; g++) {
+        for (int c = g; c < G; c++) {
+            for (int k = 0; k < 8; k++) {
+                int i = 8 * g + k, j0 = 8 * c;
+                __m256 v;
+                if (c > g && i < d && j0 + 8 <= d) {
+                    const double *row = Ai + (size_t)i * d + j0;
+                    __m128 lo = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(row), s4));
+                    __m128 hi = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(row + 4), s4));
+                    v = _mm256_set_m128(hi, lo);
+                } else {
+                    float t[8];
+                    for (int u = 0; u < 8; u++) {
+                        int j = j0 + u;
+                        double a = (i < d && j < d && j >= i) ? sc * Ai[(size_t)i * d + j] : 0.0;
+                        t[u] = (float)(j == i ? 0.5 * a : a);
+                    }
+                    v = _mm256_loadu_ps(t);
+                }
+                _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+                h += 8;
+            }
+        }
+    }
+}
+
+/* xᵀHx/2 summed as Σ_g Σ_c (Σ_k x_{8g+k}·H[8g+k][8c..8c+7]) · x[8c..8c+7]: each
+ * chunk of 64 halves is read once, in storage order. */
+__attribute__((target("avx2,fma,f16c"))) static double quad_half_f16c(const uint16_t *H,
+                                                                      const float *x, int dp)
+{
+    int G = dp / 8;
+    const uint16_t *h = H;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+#define HV(o) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + (o))))
+    for (int g = 0; g < G; g++) {
+        const float *xg = x + 8 * g;
+        __m256 b0 = _mm256_broadcast_ss(xg), b1 = _mm256_broadcast_ss(xg + 1);
+        __m256 b2 = _mm256_broadcast_ss(xg + 2), b3 = _mm256_broadcast_ss(xg + 3);
+        __m256 b4 = _mm256_broadcast_ss(xg + 4), b5 = _mm256_broadcast_ss(xg + 5);
+        __m256 b6 = _mm256_broadcast_ss(xg + 6), b7 = _mm256_broadcast_ss(xg + 7);
+        int c = g;
+        for (; c + 1 < G; c += 2) {
+            __m256 y0 = _mm256_mul_ps(HV(0), b0), y1 = _mm256_mul_ps(HV(8), b1);
+            __m256 z0 = _mm256_mul_ps(HV(64), b0), z1 = _mm256_mul_ps(HV(72), b1);
+            y0 = _mm256_fmadd_ps(HV(16), b2, y0);
+            y1 = _mm256_fmadd_ps(HV(24), b3, y1);
+            z0 = _mm256_fmadd_ps(HV(80), b2, z0);
+            z1 = _mm256_fmadd_ps(HV(88), b3, z1);
+            y0 = _mm256_fmadd_ps(HV(32), b4, y0);
+            y1 = _mm256_fmadd_ps(HV(40), b5, y1);
+            z0 = _mm256_fmadd_ps(HV(96), b4, z0);
+            z1 = _mm256_fmadd_ps(HV(104), b5, z1);
+            y0 = _mm256_fmadd_ps(HV(48), b6, y0);
+            y1 = _mm256_fmadd_ps(HV(56), b7, y1);
+            z0 = _mm256_fmadd_ps(HV(112), b6, z0);
+            z1 = _mm256_fmadd_ps(HV(120), b7, z1);
+            acc0 = _mm256_fmadd_ps(_mm256_add_ps(y0, y1), _mm256_loadu_ps(x + 8 * c), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_add_ps(z0, z1), _mm256_loadu_ps(x + 8 * c + 8), acc1);
+            h += 128;
+        }
+        if (c < G) {
+            __m256 y0 = _mm256_mul_ps(HV(0), b0), y1 = _mm256_mul_ps(HV(8), b1);
+            y0 = _mm256_fmadd_ps(HV(16), b2, y0);
+            y1 = _mm256_fmadd_ps(HV(24), b3, y1);
+            y0 = _mm256_fmadd_ps(HV(32), b4, y0);
+            y1 = _mm256_fmadd_ps(HV(40), b5, y1);
+            y0 = _mm256_fmadd_ps(HV(48), b6, y0);
+            y1 = _mm256_fmadd_ps(HV(56), b7, y1);
+            acc0 = _mm256_fmadd_ps(_mm256_add_ps(y0, y1), _mm256_loadu_ps(x + 8 * c), acc0);
+            h += 64;
+        }
+    }
+#undef HV
+    __m256 a = _mm256_add_ps(acc0, acc1);
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    float v[4];
+    _mm_storeu_ps(v, q);
+    return 2.0 * (((double)v[0] + (double)v[1]) + ((double)v[2] + (double)v[3]));
+}
+
+static int half_supported(void)
+{
+    static int have = -1; /* benign race: every thread computes the same value */
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+    }
+    return have;
+}
+
+static void refresh_half(linucb *m)
+{
+    if (m->H != NULL)
+        refresh_half_f16c(m);
+}
+#else
+static int half_supported(void)
+{
+    return 0;
+}
+
+static void refresh_half(linucb *m)
+{
+    (void)m;
+}
 #endif
+
 
 static double quad_packed(const float *P, const float *x, int d)
 {
@@ -383,6 +536,36 @@ void linucb_score(const linucb *m, const double *x, double *mean, double *width)
         double q = quad_packed(m->P, m->xs, d);
         *width = sqrt(q > 0.0 ? q : 0.0);
     }
+}
+
+void linucb_score_approx(const linucb *m, const double *x, double *mean, double *width,
+                         double *qerr)
+{
+    assert(m != NULL && x != NULL && mean != NULL && width != NULL && qerr != NULL);
+#ifdef HAVE_AVX2_KERNEL
+    if (m->H != NULL) {
+        int d = m->d;
+        double dot = 0.0, cs = 0.0, l1 = 0.0;
+        for (int i = 0; i < d; i++) {
+            float xf = (float)x[i];
+            dot += m->theta[i] * x[i];
+            m->xs[i] = xf;
+            cs += (double)m->hsd[i] * fabs((double)xf);
+            l1 += fabs((double)xf);
+        }
+        *mean = m->mu0 + dot;
+        double q = quad_half_f16c(m->H, m->xs, m->dp) * m->hinv;
+        *width = sqrt(q > 0.0 ? q : 0.0);
+        /* |H̃ − H| <= 2^-11·|H| per normal half (|H_ij| <= sqrt(H_ii·H_jj) as H is
+         * PSD, so Σ|H_ij||x_i||x_j| <= cs²), <= 2^-25 absolute for subnormals;
+         * 2^-14·cs² covers the single-precision sums and x's rounding (and the
+         * exact kernel's own rounding, so the interval also holds its value). */
+        *qerr = ((0x1p-11 + 0x1p-14) * cs * cs + 0x1p-24 * l1 * l1) * m->hinv;
+        return;
+    }
+#endif
+    linucb_score(m, x, mean, width);
+    *qerr = 0.0;
 }
 
 int linucb_dim(const linucb *m)

@@ -15,8 +15,7 @@ int reload_check_restart_fields(const struct config *running, const struct confi
                           running->listen_port != next->listen_port)) {
         snprintf(err, errlen,
                  "listen changed (%s:%d -> %s:%d): needs a restart; config not reloaded",
-                 running->listen_host, running->listen_port, next->listen_host,
-                 next->listen_port);
+                 running->listen_host, running->listen_port, next->listen_host, next->listen_port);
         return BD_ERR_INVALID;
     }
     if (running->router.dim != next->router.dim) {
@@ -41,13 +40,13 @@ static void warn_fixed_fields(const struct config *a, const struct config *b)
         log_emit(LOG_WARN,
                  "reload: limits.connection_timeout_s needs a restart; keeping the old value",
                  NULL);
-    if (a->feedback.ttl_s != b->feedback.ttl_s || a->feedback.max_pending != b->feedback.max_pending)
-        log_emit(LOG_WARN, "reload: feedback.ttl_s/max_pending need a restart; keeping the old values",
-                 NULL);
+    if (a->feedback.ttl_s != b->feedback.ttl_s ||
+        a->feedback.max_pending != b->feedback.max_pending)
+        log_emit(LOG_WARN,
+                 "reload: feedback.ttl_s/max_pending need a restart; keeping the old values", NULL);
 }
 
-int reload_from_file(http_server *hs, const char *path, int listen_fixed, char *err,
-                     size_t errlen)
+int reload_from_file(http_server *hs, const char *path, int listen_fixed, char *err, size_t errlen)
 {
     assert(hs && path);
     struct config *next = NULL;

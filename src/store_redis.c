@@ -46,13 +46,14 @@ static const char *const script_src[SC_COUNT] = {
     /* KEYS: d:<id>, c:<cid>, dx:<id>. ARGV: ttl_ms, id, a, x, wq, wc, wl, c, k, l, u, cid.
      * x lives in its own string key: a hash holding a 2 KiB field loses its
      * compact listpack encoding (measured 5.9 KB per decision vs ~2.8 KB). */
-    [SC_DECISION] = "redis.call('HSET', KEYS[1], 'a', ARGV[3], 'wq', ARGV[5],"
-                    " 'wc', ARGV[6], 'wl', ARGV[7], 'c', ARGV[8], 'k', ARGV[9], 'l', ARGV[10],"
-                    " 'u', ARGV[11], 'cid', ARGV[12])\n"
-                    "redis.call('PEXPIRE', KEYS[1], ARGV[1])\n"
-                    "redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[1])\n"
-                    "if ARGV[12] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1]) end\n"
-                    "return 1\n",
+    [SC_DECISION] =
+        "redis.call('HSET', KEYS[1], 'a', ARGV[3], 'wq', ARGV[5],"
+        " 'wc', ARGV[6], 'wl', ARGV[7], 'c', ARGV[8], 'k', ARGV[9], 'l', ARGV[10],"
+        " 'u', ARGV[11], 'cid', ARGV[12])\n"
+        "redis.call('PEXPIRE', KEYS[1], ARGV[1])\n"
+        "redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[1])\n"
+        "if ARGV[12] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1]) end\n"
+        "return 1\n",
     /* KEYS: d:<id>, c:<cid>. ARGV: id, cid, cost, latency */
     [SC_COMPLETE] = "local ttl = redis.call('PTTL', KEYS[1])\n"
                     "if ttl <= 0 then return 0 end\n"
@@ -111,10 +112,11 @@ static const char *const script_src[SC_COUNT] = {
         "end\n"
         "return redis.call('XTRIM', KEYS[3], 'MINID', string.format('%d-%d', min[1], min[2]))\n",
     /* KEYS: replicas. ARGV: replica id, applied pos. Server clock. */
-    [SC_HEARTBEAT] = "local t = redis.call('TIME')\n"
-                     "local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-                     "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. string.format('%d', ms))\n"
-                     "return 1\n",
+    [SC_HEARTBEAT] =
+        "local t = redis.call('TIME')\n"
+        "local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+        "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. string.format('%d', ms))\n"
+        "return 1\n",
 };
 
 /* ---------- operations and events ---------- */
@@ -956,8 +958,8 @@ static void run_batch(store_redis *s, struct op *batch)
         int rc = conn_open(s, s->o.timeout_ms, &s->wctx, err, sizeof err);
         if (rc) {
             s->w_next_try = util_now_ms() + s->w_backoff;
-            s->w_backoff = s->w_backoff * 2 > SRD_BACKOFF_MAX_MS ? SRD_BACKOFF_MAX_MS
-                                                                 : s->w_backoff * 2;
+            s->w_backoff =
+                s->w_backoff * 2 > SRD_BACKOFF_MAX_MS ? SRD_BACKOFF_MAX_MS : s->w_backoff * 2;
             log_msgf(LOG_WARN, "store_redis: worker cannot connect: %s", err);
             return;
         }
@@ -1150,8 +1152,7 @@ static void reader_check_gap(store_redis *s, redisContext *c, const char *stream
             const redisReply *k = r->element[i];
             struct store_redis_pos md;
             if (k->type == REDIS_REPLY_STRING && strcmp(k->str, "max-deleted-entry-id") == 0 &&
-                pos_from_reply(r->element[i + 1], &md) == 0 &&
-                store_redis_pos_cmp(md, pos) > 0) {
+                pos_from_reply(r->element[i + 1], &md) == 0 && store_redis_pos_cmp(md, pos) > 0) {
                 char a[STORE_REDIS_POS_MAX], b[STORE_REDIS_POS_MAX];
                 pthread_mutex_lock(&s->q_mu);
                 int first = !s->st.gap;
@@ -1220,8 +1221,8 @@ static void *reader_main(void *arg)
             room = SRD_XREAD_COUNT;
         char pb[STORE_REDIS_POS_MAX];
         store_redis_pos_format(pos, pb);
-        redisReply *r = cmd(c, "XREAD COUNT %d BLOCK %d STREAMS %s %s", (int)room, s->o.block_ms,
-                            stream, pb);
+        redisReply *r =
+            cmd(c, "XREAD COUNT %d BLOCK %d STREAMS %s %s", (int)room, s->o.block_ms, stream, pb);
         if (!r || r->type == REDIS_REPLY_ERROR) {
             log_msgf(LOG_WARN, "store_redis: reader: %s",
                      r ? r->str : (c->errstr[0] ? c->errstr : "connection lost"));
@@ -1300,10 +1301,10 @@ static size_t run_callbacks(struct op *list)
             op->fb_cb(op->rc, op->pos, op->ud);
         } else if (op->dec_cb) {
             if (op->rc == 0) {
-                struct store_decision d = {op->id,  op->id2[0] ? op->id2 : NULL,
-                                           op->arm, op->xres,
-                                           op->w,   op->t1,
-                                           op->t2,  op->t3,
+                struct store_decision d = {op->id,    op->id2[0] ? op->id2 : NULL,
+                                           op->arm,   op->xres,
+                                           op->w,     op->t1,
+                                           op->t2,    op->t3,
                                            op->client};
                 op->dec_cb(0, &d, op->ud);
             } else {
@@ -1318,8 +1319,8 @@ static size_t run_callbacks(struct op *list)
 
 /* ---------- public: lifecycle ---------- */
 
-int store_redis_open(const char *url, int dim, const struct store_redis_opts *o,
-                     store_redis **out, char *err, size_t errlen)
+int store_redis_open(const char *url, int dim, const struct store_redis_opts *o, store_redis **out,
+                     char *err, size_t errlen)
 {
     if (!out || !o) {
         set_err(err, errlen, "store_redis_open: missing arguments");
@@ -1329,8 +1330,9 @@ int store_redis_open(const char *url, int dim, const struct store_redis_opts *o,
     if (dim < 1 || dim > SRD_MAX_DIM || !o->apply || o->queue_cap < 1 || !(o->ttl_s > 0) ||
         o->timeout_ms < 1 || o->block_ms < 1 || !(o->heartbeat_s > 0) ||
         !(o->replica_stale_s > 0)) {
-        set_err(err, errlen, "store_redis_open: invalid options (dim, apply, queue_cap, ttl_s, "
-                             "timeouts)");
+        set_err(err, errlen,
+                "store_redis_open: invalid options (dim, apply, queue_cap, ttl_s, "
+                "timeouts)");
         return BD_ERR_INVALID;
     }
     store_redis *s = calloc(1, sizeof *s);
@@ -1341,7 +1343,8 @@ int store_redis_open(const char *url, int dim, const struct store_redis_opts *o,
     s->dim = dim;
     s->o = *o;
     if (parse_url(url, &s->cc) != 0) {
-        set_err(err, errlen, "store.redis: bad url \"%.100s\" (want redis://[:password@]host[:port][/db])",
+        set_err(err, errlen,
+                "store.redis: bad url \"%.100s\" (want redis://[:password@]host[:port][/db])",
                 url ? url : "");
         free(s);
         return BD_ERR_INVALID;
@@ -1480,9 +1483,8 @@ static int load_arm(store_redis *s, const char *name, double *A, double *b,
         goto out;
     if (hash_get(r, "pos", &v) || pos_from_reply(v, pos))
         goto out;
-    if (hash_get(r, "ctr", &v) ||
-        sscanf(v->str, "%" SCNu64 " %" SCNu64 " %" SCNu64, &st->pulls, &st->feedback,
-               &st->usage_obs) != 3)
+    if (hash_get(r, "ctr", &v) || sscanf(v->str, "%" SCNu64 " %" SCNu64 " %" SCNu64, &st->pulls,
+                                         &st->feedback, &st->usage_obs) != 3)
         goto out;
     if (hash_get(r, "est", &v) ||
         sscanf(v->str, "%lf %lf", &st->reward_sum, &st->exp_completion_tokens) != 2)
@@ -1520,8 +1522,7 @@ int store_redis_load_model(store_redis *s, int (*cb)(const struct store_arm_stat
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
-        if (r->element[i]->type != REDIS_REPLY_STRING ||
-            r->element[i]->len >= STORE_NAME_MAX) {
+        if (r->element[i]->type != REDIS_REPLY_STRING || r->element[i]->len >= STORE_NAME_MAX) {
             rc = BD_ERR_CORRUPT;
             goto out;
         }
@@ -1659,8 +1660,7 @@ int store_redis_complete_decision(store_redis *s, const char *id, const char *co
     return enqueue(s, op);
 }
 
-int store_redis_get_decision(store_redis *s, const char *id, store_redis_decision_fn cb,
-                             void *ud)
+int store_redis_get_decision(store_redis *s, const char *id, store_redis_decision_fn cb, void *ud)
 {
     if (!s || !cb)
         return BD_ERR_INVALID;
@@ -1720,8 +1720,8 @@ int store_redis_put_snapshot(store_redis *s, const struct store_arm_state *arms,
     op->n_snap = n;
     for (int i = 0; i < n; i++) {
         struct snap_arm *sa = &op->snap[i];
-        if (copy_name(sa->name, sizeof sa->name, arms[i].arm_name, 0) || !arms[i].A ||
-            !arms[i].b || !all_finite(arms[i].A, d * d) || !all_finite(arms[i].b, d)) {
+        if (copy_name(sa->name, sizeof sa->name, arms[i].arm_name, 0) || !arms[i].A || !arms[i].b ||
+            !all_finite(arms[i].A, d * d) || !all_finite(arms[i].b, d)) {
             free_op(op);
             return BD_ERR_INVALID;
         }

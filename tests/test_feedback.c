@@ -573,6 +573,143 @@ START_TEST(test_body_not_nul_terminated)
 }
 END_TEST
 
+
+static int count_rows(const struct store_feedback *f, void *ud)
+{
+    (void)f;
+    (*(int *)ud)++;
+    return 0;
+}
+
+/* ---- durable path: feedback_submit against a real store (temp file) ---- */
+
+static const char *names2[2] = {"cheap", "strong"};
+static const char *an_name(void *ud, int arm)
+{
+    (void)ud;
+    return arm >= 0 && arm < 2 ? names2[arm] : NULL;
+}
+static int an_index(void *ud, const char *name)
+{
+    (void)ud;
+    for (int i = 0; i < 2; i++)
+        if (strcmp(names2[i], name) == 0)
+            return i;
+    return -1;
+}
+
+struct reply_box {
+    int calls, status;
+    char *body;
+};
+static void on_reply(void *ud, int status, char *body)
+{
+    struct reply_box *b = ud;
+    b->calls++;
+    b->status = status;
+    free(b->body);
+    b->body = body;
+}
+static int applied_arm = -1;
+static int64_t applied_seq;
+static void on_applied_cb(void *ud, int arm, int64_t seq)
+{
+    (void)ud;
+    applied_arm = arm;
+    ck_assert(seq > applied_seq);
+    applied_seq = seq;
+}
+
+/* Wait until the writer committed, then run the callbacks. */
+static void settle(store *st)
+{
+    store_flush(st);
+    store_dispatch(st);
+}
+
+START_TEST(test_async_exactly_once)
+{
+    char path[] = "/tmp/test_feedback_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(path));
+    char db[128];
+    snprintf(db, sizeof db, "%s/fb.db", path);
+    store *st = NULL;
+    char err[256];
+    ck_assert_int_eq(store_open(db, DIM, 0, NULL, NULL, 64, &st, err, sizeof err), 0);
+    struct feedback_arms arms = {an_name, an_index, NULL};
+    feedback_async *fa = feedback_async_create(ds, rt, st, &arms, on_applied_cb, NULL);
+    ck_assert_ptr_nonnull(fa);
+    char id1[33], id2[33];
+    add(1, 1, 0, id1);
+    add(2, 0, 0, id2);
+    char body[256];
+    snprintf(body, sizeof body, "{\"request_id\":\"%s\",\"reward\":1}", id1);
+
+    struct reply_box b1 = {0}, b2 = {0};
+    feedback_job *j1 = NULL, *j2 = NULL;
+    int status = 0;
+    char *out = NULL;
+    ck_assert_int_eq(feedback_submit(fa, body, strlen(body), 0, 0, T0 + 1, on_reply, &b1, &j1,
+                                     &status, &out),
+                     0);
+    ck_assert_ptr_nonnull(j1); /* queued: no answer yet, nothing applied yet */
+    ck_assert_uint_eq(count(1), 0);
+    ck_assert_uint_eq(feedback_async_inflight(fa), 1);
+    /* a duplicate while the first is in flight: 409 at once */
+    ck_assert_int_eq(feedback_submit(fa, body, strlen(body), 0, 0, T0 + 1, on_reply, &b2, &j2,
+                                     &status, &out),
+                     0);
+    ck_assert_ptr_null(j2);
+    ck_assert_int_eq(status, 409);
+    free(out);
+    out = NULL;
+    settle(st);
+    ck_assert_int_eq(b1.calls, 1);
+    ck_assert_int_eq(b1.status, 200);
+    ck_assert_uint_eq(count(1), 1); /* applied on commit */
+    ck_assert_int_eq(applied_arm, 1);
+    ck_assert_uint_eq(feedback_async_inflight(fa), 0);
+    /* afterwards: 409 from the decision store */
+    ck_assert_int_eq(feedback_submit(fa, body, strlen(body), 0, 0, T0 + 1, on_reply, &b2, &j2,
+                                     &status, &out),
+                     0);
+    ck_assert_ptr_null(j2);
+    ck_assert_int_eq(status, 409);
+    free(out);
+    out = NULL;
+
+    /* a batch answers after every commit; a detached job still applies */
+    snprintf(body, sizeof body,
+             "{\"feedback\":[{\"request_id\":\"%s\",\"reward\":0},{\"request_id\":\"nope\","
+             "\"reward\":1}]}",
+             id2);
+    struct reply_box b3 = {0};
+    feedback_job *j3 = NULL;
+    ck_assert_int_eq(feedback_submit(fa, body, strlen(body), 0, 0, T0 + 1, on_reply, &b3, &j3,
+                                     &status, &out),
+                     0);
+    ck_assert_ptr_nonnull(j3);
+    feedback_job_detach(j3);
+    settle(st);
+    ck_assert_int_eq(b3.calls, 0);
+    ck_assert_uint_eq(count(0), 1);
+
+    store_close(st);
+    feedback_async_destroy(fa);
+    free(b1.body);
+    free(b2.body);
+    /* the rows are on disk exactly once */
+    ck_assert_int_eq(store_open(db, DIM, 0, NULL, NULL, 64, &st, err, sizeof err), 0);
+    int rows = 0;
+    ck_assert_int_eq(store_load_feedback_after(st, NULL, 0, count_rows, &rows), 0);
+    ck_assert_int_eq(rows, 2);
+    store_close(st);
+    char rm[256];
+    snprintf(rm, sizeof rm, "rm -rf %s", path);
+    ck_assert_int_eq(system(rm), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("feedback");
@@ -590,6 +727,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_batch_mixed);
     tcase_add_test(tc, test_batch_cap);
     tcase_add_test(tc, test_body_not_nul_terminated);
+    tcase_add_test(tc, test_async_exactly_once);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -69,8 +69,8 @@ START_TEST(test_reconfigure_keeps_state_by_name)
     int map[ROUTER_MAX_ARMS];
     ck_assert_int_eq(router_reconfigure(r, c2, map), BD_OK);
     ck_assert_int_eq(router_n_arms(r), 3);
-    ck_assert_int_eq(map[0], 2); /* a */
-    ck_assert_int_eq(map[1], 1); /* b */
+    ck_assert_int_eq(map[0], 2);  /* a */
+    ck_assert_int_eq(map[1], 1);  /* b */
     ck_assert_int_eq(map[2], -1); /* c removed */
     ck_assert_str_eq(router_arm_name(r, 0), "new");
     ck_assert_int_eq(router_arm_index(r, "a"), 2);

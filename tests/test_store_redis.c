@@ -85,8 +85,8 @@ static void rs_start(struct rsrv *r, int aof)
         int fd = open("/dev/null", O_WRONLY);
         dup2(fd, 1);
         dup2(fd, 2);
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save",
-               "", "--appendonly", aof ? "yes" : "no", "--appendfsync", "always", "--dir", r->dir,
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", aof ? "yes" : "no", "--appendfsync", "always", "--dir", r->dir,
                "--daemonize", "no", "--protected-mode", "no", (char *)NULL);
         _exit(127);
     }
@@ -217,7 +217,8 @@ static store_redis *open_replica(const struct rsrv *r, struct model *md, double 
 
 /* Dispatch (as the loop would) until *flag or the store has applied up to
  * target (when target is given); 15 s limit. */
-static void pump_until(store_redis **ss, int n, const int *flag, const struct store_redis_pos *target)
+static void pump_until(store_redis **ss, int n, const int *flag,
+                       const struct store_redis_pos *target)
 {
     for (int i = 0; i < 15000; i++) {
         int done = 1;
@@ -277,8 +278,8 @@ static void ref_sums(const int *idx, const int *arm, int n, int a, double *A, do
 static void assert_close(const double *u, const double *v, int n, double tol, const char *what)
 {
     for (int i = 0; i < n; i++)
-        ck_assert_msg(fabs(u[i] - v[i]) <= tol * (1.0 + fabs(v[i])), "%s[%d]: %.17g vs %.17g",
-                      what, i, u[i], v[i]);
+        ck_assert_msg(fabs(u[i] - v[i]) <= tol * (1.0 + fabs(v[i])), "%s[%d]: %.17g vs %.17g", what,
+                      i, u[i], v[i]);
 }
 
 static void assert_models_identical(struct model *p, struct model *q)
@@ -360,12 +361,12 @@ static int sync_feedback(store_redis *s, const char *id, int i, int arm, struct 
 
 /* ---------- tests ---------- */
 
-#define NEED_REDIS()                                                                    \
-    do {                                                                                \
-        if (!have_redis()) {                                                            \
-            fprintf(stderr, "SKIP %s: redis-server not installed\n", __func__);         \
-            return;                                                                     \
-        }                                                                               \
+#define NEED_REDIS()                                                                               \
+    do {                                                                                           \
+        if (!have_redis()) {                                                                       \
+            fprintf(stderr, "SKIP %s: redis-server not installed\n", __func__);                    \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
 START_TEST(test_pos)
@@ -439,8 +440,15 @@ START_TEST(test_decision_roundtrip_ttl)
     store_redis *s = open_replica(&r, &md, 1.0, 1);
     double x[DIM];
     make_x(3, x); /* sparse form */
-    struct store_decision d = {"req-1", NULL,  "mid", x, {0.6, 0.3, 0.1}, 1700000000.25,
-                               0.0012,  840.5, 0xdeadbeefcafef00dull};
+    struct store_decision d = {"req-1",
+                               NULL,
+                               "mid",
+                               x,
+                               {0.6, 0.3, 0.1},
+                               1700000000.25,
+                               0.0012,
+                               840.5,
+                               0xdeadbeefcafef00dull};
     struct res res = {0};
     ck_assert_int_eq(store_redis_put_decision(s, &d, done_cb, &res), 0);
     pump_until(&s, 1, &res.done, NULL);
@@ -597,8 +605,8 @@ START_TEST(test_apply_order_identical)
         idx[i] = i;
         arm[i] = (i * 7) % NARMS;
         make_x(i, x);
-        ck_assert_int_eq(store_redis_put_feedback(both[i % 2], id, ARMS[arm[i]], x, DIM,
-                                                  make_r(i), 1.0, fb_cb, &res[i]),
+        ck_assert_int_eq(store_redis_put_feedback(both[i % 2], id, ARMS[arm[i]], x, DIM, make_r(i),
+                                                  1.0, fb_cb, &res[i]),
                          0);
     }
     /* not applied at ack: before any dispatch, nothing is in the models */
@@ -861,8 +869,8 @@ START_TEST(test_bad_entry_skipped)
     model_init(&ma);
     store_redis *sa = open_replica(&r, &ma, 60, 1);
     redisContext *c = rconn(&r);
-    redisReply *rep = redisCommand(c, "XADD {banditd}:feedback * r bad a mid x %b v 0.5 t 1",
-                                   "Dxx", (size_t)3);
+    redisReply *rep =
+        redisCommand(c, "XADD {banditd}:feedback * r bad a mid x %b v 0.5 t 1", "Dxx", (size_t)3);
     freeReplyObject(rep);
     redisFree(c);
     struct res res;

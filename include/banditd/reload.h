@@ -22,7 +22,6 @@ int reload_check_restart_fields(const struct config *running, const struct confi
  * added, removed) and returns 0. On failure nothing changed and the message
  * is in err (the caller logs it / answers it): BD_ERR_INVALID (unreadable or
  * invalid file, restart-only field changed), BD_ERR_IO, BD_ERR_NOMEM. */
-int reload_from_file(http_server *hs, const char *path, int listen_fixed, char *err,
-                     size_t errlen);
+int reload_from_file(http_server *hs, const char *path, int listen_fixed, char *err, size_t errlen);
 
 #endif

@@ -104,15 +104,15 @@ typedef void (*store_redis_decision_fn)(int rc, const struct store_decision *d, 
 typedef void (*store_redis_feedback_fn)(int rc, struct store_redis_pos pos, void *ud);
 
 struct store_redis_opts {
-    const char *prefix;          /* key prefix; NULL = STORE_REDIS_PREFIX_DEFAULT */
-    double ttl_s;                /* decision and fb:<id> TTL (feedback.ttl_s); > 0 */
-    size_t queue_cap;            /* max queued operations, and max queued events */
-    int timeout_ms;              /* connect and command timeout */
-    int block_ms;                /* XREAD BLOCK; also bounds close() latency */
-    double heartbeat_s;          /* how often dispatch publishes the applied position */
-    double replica_stale_s;      /* a replica silent this long no longer holds trimming */
-    const char *replica_id;      /* NULL = random */
-    store_redis_apply_fn apply;  /* required */
+    const char *prefix;         /* key prefix; NULL = STORE_REDIS_PREFIX_DEFAULT */
+    double ttl_s;               /* decision and fb:<id> TTL (feedback.ttl_s); > 0 */
+    size_t queue_cap;           /* max queued operations, and max queued events */
+    int timeout_ms;             /* connect and command timeout */
+    int block_ms;               /* XREAD BLOCK; also bounds close() latency */
+    double heartbeat_s;         /* how often dispatch publishes the applied position */
+    double replica_stale_s;     /* a replica silent this long no longer holds trimming */
+    const char *replica_id;     /* NULL = random */
+    store_redis_apply_fn apply; /* required */
     void *apply_ud;
     store_wake_fn wake; /* may be NULL: the loop then polls dispatch */
     void *wake_ud;
@@ -128,8 +128,8 @@ void store_redis_opts_default(struct store_redis_opts *o);
  * store_redis_start. Returns 0 and *out, or BD_ERR_INVALID (bad url/opts),
  * BD_ERR_IO (unreachable), BD_ERR_CORRUPT (meta unreadable), BD_ERR_NOMEM,
  * with a message in err. A replica needs Redis at start to load the model. */
-int store_redis_open(const char *url, int dim, const struct store_redis_opts *o,
-                     store_redis **out, char *err, size_t errlen);
+int store_redis_open(const char *url, int dim, const struct store_redis_opts *o, store_redis **out,
+                     char *err, size_t errlen);
 
 /* Stop the threads (pending operations are still run first, or fail with
  * BD_ERR_IO if Redis is down), run remaining callbacks on the calling thread
@@ -161,8 +161,7 @@ int store_redis_complete_decision(store_redis *s, const char *id, const char *co
 
 /* Look a decision up by request id or completion id. cb required. Returns 0,
  * BD_ERR_BUSY, BD_ERR_INVALID or BD_ERR_NOMEM. */
-int store_redis_get_decision(store_redis *s, const char *id, store_redis_decision_fn cb,
-                             void *ud);
+int store_redis_get_decision(store_redis *s, const char *id, store_redis_decision_fn cb, void *ud);
 
 /* Record a feedback exactly once (see the top). request_id must be the
  * decision's request id. cb required. Returns 0, BD_ERR_BUSY, BD_ERR_INVALID
@@ -201,17 +200,17 @@ int store_redis_dim(const store_redis *s);
 const char *store_redis_replica_id(const store_redis *s);
 
 struct store_redis_stats {
-    uint64_t enqueued, rejected;   /* operations accepted / refused BUSY */
-    uint64_t ops_ok, ops_failed;   /* finished operations by outcome */
-    uint64_t roundtrips;           /* worker pipelines sent */
-    uint64_t events_read;          /* stream entries read by the reader */
-    uint64_t events_applied;       /* passed to apply */
-    uint64_t events_skipped;       /* already in a loaded snapshot */
-    uint64_t events_bad;           /* undecodable entries (skipped, logged) */
-    uint64_t reconnects;           /* successful reconnections (both threads) */
+    uint64_t enqueued, rejected; /* operations accepted / refused BUSY */
+    uint64_t ops_ok, ops_failed; /* finished operations by outcome */
+    uint64_t roundtrips;         /* worker pipelines sent */
+    uint64_t events_read;        /* stream entries read by the reader */
+    uint64_t events_applied;     /* passed to apply */
+    uint64_t events_skipped;     /* already in a loaded snapshot */
+    uint64_t events_bad;         /* undecodable entries (skipped, logged) */
+    uint64_t reconnects;         /* successful reconnections (both threads) */
     int worker_connected, reader_connected;
-    int gap;                       /* the stream was trimmed past our position:
-                                      the model is incomplete, restart the replica */
+    int gap; /* the stream was trimmed past our position:
+                the model is incomplete, restart the replica */
     size_t queue_depth, event_depth;
     int last_error;
 };

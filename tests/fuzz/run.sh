@@ -39,16 +39,16 @@ fi
 out=${FUZZ_OUT:-build/fuzz}
 mkdir -p "$out/obj" "$out/bin" "$out/logs"
 
-PKGS="libcjson openblas"
+PKGS="libcjson openblas sqlite3"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
 WARN="-Wall -Wextra -Wshadow -Wstrict-prototypes -Wformat=2 -Werror"
 CFLAGS="-g -O1 -std=c11 -D_GNU_SOURCE $WARN -Iinclude $(pkg-config --cflags $PKGS)"
-LIBS="$(pkg-config --libs $PKGS) -lm"
+LIBS="$(pkg-config --libs $PKGS) -lpthread -lm"
 
 # The modules the harnesses reach, compiled once with coverage
 # instrumentation into an archive (the linker takes only what each needs, so
 # one module that does not compile breaks only the harnesses that use it).
-MODULES="config pref openai feedback decisions features router linucb util err log"
+MODULES="config pref openai feedback decisions features router linucb store util err log"
 objs=()
 for m in $MODULES; do
     o=$out/obj/$m.o
