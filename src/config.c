@@ -1,6 +1,7 @@
 /* config — parse and validate the JSON config (DESIGN.md §3, docs/config.md). */
 #include "banditd/config.h"
 #include "banditd/err.h"
+#include "banditd/util.h"
 #include "banditd/features.h"
 #include "banditd/log.h"
 #include "banditd/pref.h"
@@ -50,36 +51,6 @@ static void join(char *out, size_t n, const char *parent, const char *key)
         snprintf(out, n, "%s", key);
 }
 
-/* Cheap pre-scan: rejects NUL bytes and nesting deeper than max_depth without
- * recursion. Returns 0, -1 (NUL byte) or -2 (too deep). */
-static int json_prescan(const char *s, size_t len, int max_depth)
-{
-    int depth = 0, in_str = 0;
-    for (size_t i = 0; i < len; i++) {
-        char ch = s[i];
-        if (ch == '\0')
-            return -1;
-        if (in_str) {
-            if (ch == '\\' && i + 1 < len) {
-                if (s[i + 1] == '\0')
-                    return -1;
-                i++; /* an escaped byte never ends the string */
-            } else if (ch == '"') {
-                in_str = 0;
-            }
-            continue;
-        }
-        if (ch == '"') {
-            in_str = 1;
-        } else if (ch == '{' || ch == '[') {
-            if (++depth > max_depth)
-                return -2;
-        } else if (ch == '}' || ch == ']') {
-            depth--;
-        }
-    }
-    return 0;
-}
 
 /* ---- field helpers. Each takes the parent object and its path. ---- */
 
@@ -824,7 +795,7 @@ int config_parse(const char *json, size_t len, struct config **out, char *err, s
         err[0] = '\0';
     if (!json)
         len = 0;
-    int pre = json_prescan(json, len, CONFIG_MAX_DEPTH);
+    int pre = util_json_prescan(json, len, CONFIG_MAX_DEPTH);
     if (pre == -1)
         return fail(&c, "(top level): the config contains a NUL byte");
     if (pre == -2)

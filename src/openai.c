@@ -1,6 +1,7 @@
 /* openai — the OpenAI wire format: validation, rewrite, errors, usage, SSE. */
 #include "banditd/openai.h"
 #include "banditd/err.h"
+#include "banditd/util.h"
 
 #include <assert.h>
 #include <math.h>
@@ -25,36 +26,6 @@ __attribute__((format(printf, 3, 4))) static int invalid(char *err, size_t errle
     return BD_ERR_INVALID;
 }
 
-/* Rejects NUL bytes (-1) and nesting deeper than max_depth (-2) in one pass
- * without recursion; brackets inside strings do not count. */
-static int json_prescan(const char *s, size_t len, int max_depth)
-{
-    int depth = 0, in_str = 0;
-    for (size_t i = 0; i < len; i++) {
-        char ch = s[i];
-        if (ch == '\0')
-            return -1;
-        if (in_str) {
-            if (ch == '\\' && i + 1 < len) {
-                if (s[i + 1] == '\0')
-                    return -1;
-                i++; /* an escaped byte never ends the string */
-            } else if (ch == '"') {
-                in_str = 0;
-            }
-            continue;
-        }
-        if (ch == '"') {
-            in_str = 1;
-        } else if (ch == '{' || ch == '[') {
-            if (++depth > max_depth)
-                return -2;
-        } else if (ch == '}' || ch == ']') {
-            depth--;
-        }
-    }
-    return 0;
-}
 
 /* Parse exactly len bytes (no NULs inside, checked by the caller) through a
  * NUL-terminated private copy, so cJSON never reads past the input. Trailing
@@ -244,7 +215,7 @@ int openai_chat_parse(const char *body, size_t len, struct openai_chat *out, cha
         len = 0;
     if (len == 0)
         return invalid(err, errlen, "the request body is empty (expected a JSON object)");
-    int pre = json_prescan(body, len, OPENAI_MAX_DEPTH);
+    int pre = util_json_prescan(body, len, OPENAI_MAX_DEPTH);
     if (pre == -1)
         return invalid(err, errlen, "the request body contains a NUL byte");
     if (pre == -2)
@@ -421,7 +392,7 @@ int openai_parse_usage(const char *body, size_t len, long *prompt_tokens, long *
         id_out[0] = '\0';
     if (content_chars_out)
         *content_chars_out = 0;
-    if (!body || len == 0 || json_prescan(body, len, 1000) != 0)
+    if (!body || len == 0 || util_json_prescan(body, len, 1000) != 0)
         return BD_ERR_INVALID;
     int oom;
     cJSON *root = parse_exact(body, len, &oom);

@@ -156,6 +156,35 @@ void util_buf_free(struct util_buf *b)
     b->cap = 0;
 }
 
+int util_json_prescan(const char *s, size_t len, int max_depth)
+{
+    int depth = 0, in_str = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (ch == '\0')
+            return -1;
+        if (in_str) {
+            if (ch == '\\' && i + 1 < len) {
+                if (s[i + 1] == '\0')
+                    return -1;
+                i++; /* an escaped byte never ends the string */
+            } else if (ch == '"') {
+                in_str = 0;
+            }
+            continue;
+        }
+        if (ch == '"') {
+            in_str = 1;
+        } else if (ch == '{' || ch == '[') {
+            if (++depth > max_depth)
+                return -2;
+        } else if (ch == '}' || ch == ']') {
+            depth--;
+        }
+    }
+    return 0;
+}
+
 static uint64_t splitmix64(uint64_t *x)
 {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);

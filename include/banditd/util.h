@@ -44,6 +44,11 @@ void util_buf_reset(struct util_buf *b);
 /* Free memory; the buffer is left empty and reusable. */
 void util_buf_free(struct util_buf *b);
 
+/* One pass over JSON text, without recursion, before handing it to cJSON:
+ * returns 0, -1 when it holds a NUL byte, -2 when arrays/objects nest deeper
+ * than max_depth. Brackets inside strings do not count. Never reads past len. */
+int util_json_prescan(const char *s, size_t len, int max_depth);
+
 /* Small deterministic PRNG (xoshiro256**), for sampling and shuffles. */
 struct util_rng {
     uint64_t s[4];
