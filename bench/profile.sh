@@ -5,8 +5,10 @@
 # (bench/nginx/upstream.conf); bench/send_n.py sends the ~1 KB chat body of
 # bench/chat.lua over one kept-alive connection. Two runs, N1 and N2 requests:
 # Ir per request = (Ir(N2) − Ir(N1)) / (N2 − N1), which cancels start-up,
-# shutdown and the first request's warm-up. Prints the top functions (inclusive
-# share) of the N2 run too.
+# shutdown and the first request's warm-up. Threads are counted apart
+# (--separate-threads): the event-loop thread (thread 1, the request path) and
+# the others (the store's SQLite writer). Prints the top functions of the
+# loop thread in the N2 run too.
 #   usage: bench/profile.sh        env: BANDITD, N1=200, N2=2200, TOP=25, KEEP=dir
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -54,7 +56,8 @@ EOF
 run() { # n → total Ir
     local n=$1 out="$tmp/callgrind.out.$1"
     rm -f "$tmp/banditd.port"
-    OPENBLAS_NUM_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$out" \
+    OPENBLAS_NUM_THREADS=1 valgrind --tool=callgrind --separate-threads=yes \
+        --callgrind-out-file="$out" \
         "$BANDITD" --config "$tmp/banditd.json" --listen 127.0.0.1:0 \
         --port-file "$tmp/banditd.port" >"$tmp/bd.$n.out" 2>"$tmp/bd.$n.err" &
     local vp=$!
@@ -64,16 +67,31 @@ run() { # n → total Ir
     python3 "$here/send_n.py" "$(cat "$tmp/banditd.port")" "$n" >&2
     kill -TERM "$vp"
     wait "$vp" || true
-    awk '/^summary:|^totals:/ {print $2; exit}' "$out"
+    # "loop others": thread 1's total, then the sum over the other threads
+    local t1 rest=0 f v
+    t1=$(awk '/^summary:|^totals:/ {print $2; exit}' "$out-01")
+    for f in "$out"-*; do
+        [[ $f == "$out-01" ]] && continue
+        v=$(awk '/^summary:|^totals:/ {print $2; exit}' "$f")
+        rest=$((rest + ${v:-0}))
+    done
+    echo "$t1 $rest"
 }
 
 echo "profile: load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-ir1=$(run "$N1")
-ir2=$(run "$N2")
-python3 -c "import sys; a,b,n1,n2=map(int,sys.argv[1:]); print('callgrind: Ir(%d)=%d Ir(%d)=%d -> %.0f instructions per proxied request' % (n1,a,n2,b,(b-a)/(n2-n1)))" \
-    "$ir1" "$ir2" "$N1" "$N2"
+read -r l1 o1 < <(run "$N1")
+read -r l2 o2 < <(run "$N2")
+python3 - "$N1" "$N2" "$l1" "$o1" "$l2" "$o2" <<'EOF2'
+import sys
+n1, n2, l1, o1, l2, o2 = map(int, sys.argv[1:])
+per = lambda a, b: (b - a) / (n2 - n1)
+print("callgrind: instructions per proxied request (Ir(%d) - Ir(%d)) / %d:" % (n2, n1, n2 - n1))
+print("  event-loop thread  %8.0f" % per(l1, l2))
+print("  other threads      %8.0f  (store writer)" % per(o1, o2))
+print("  whole process      %8.0f" % per(l1 + o1, l2 + o2))
+EOF2
 if command -v callgrind_annotate >/dev/null; then
-    echo "top functions (inclusive, run with $N2 requests):"
-    callgrind_annotate --inclusive=yes "$tmp/callgrind.out.$N2" 2>/dev/null |
+    echo "top functions of the event-loop thread (exclusive, run with $N2 requests):"
+    callgrind_annotate "$tmp/callgrind.out.$N2-01" 2>/dev/null |
         grep -E '^ *[0-9,]+ ' | head -n "$TOP"
 fi

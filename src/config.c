@@ -573,11 +573,18 @@ static int parse_sections(struct ctx *c, const cJSON *root, struct config *cfg)
     if ((rc = get_object(c, root, "store", "", &o)))
         return rc;
     if (o) {
-        static const char *const f[] = {"path", "snapshot_interval_s", "snapshot_every",
-                                        "queue_cap", NULL};
+        static const char *const f[] = {"path",      "snapshot_interval_s", "snapshot_every",
+                                        "queue_cap", "redis",               NULL};
         if ((rc = check_fields(c, o, "store", f)) ||
-            (rc = get_string(c, o, "path", "store", cfg->store.path, sizeof cfg->store.path, 0)))
+            (rc = get_string(c, o, "path", "store", cfg->store.path, sizeof cfg->store.path, 0)) ||
+            (rc = get_string(c, o, "redis", "store", cfg->store.redis, sizeof cfg->store.redis,
+                             0)))
             return rc;
+        if (cfg->store.redis[0] && strncmp(cfg->store.redis, "redis://", 8) != 0)
+            return fail(c, "store.redis: must be a URL redis://[:password@]host[:port][/db]");
+        if (cfg->store.redis[0] && cfg->store.path[0])
+            return fail(c, "store: give either path (one daemon, SQLite) or redis (replicas), "
+                           "not both");
         v = cfg->store.snapshot_interval_s;
         if ((rc = get_integer(c, o, "snapshot_interval_s", "store", &v, 1, 86400)))
             return rc;
@@ -724,6 +731,7 @@ static void fill_defaults(struct config *cfg)
     cfg->feedback.ttl_s = 86400;
     cfg->feedback.max_pending = 1000000;
     cfg->store.path[0] = '\0';
+    cfg->store.redis[0] = '\0';
     cfg->store.snapshot_interval_s = 60;
     cfg->store.snapshot_every = 1000;
     cfg->store.queue_cap = 4096;

@@ -95,9 +95,8 @@ static int too_deep(const char *s, size_t len, int limit)
  * r->status == 200 (nothing applied yet), r->id / r->arm are set and *dout,
  * *reward hold the decision (borrowed from ds) and the reward; otherwise r
  * holds the error. */
-static void resolve_item(decisions *ds, const cJSON *item, uint64_t client, int admin,
-                         double now_s, struct item_result *r, double *reward,
-                         const struct decision **dout)
+static void resolve_item(decisions *ds, const cJSON *item, uint64_t client, int admin, double now_s,
+                         struct item_result *r, double *reward, const struct decision **dout)
 {
     memset(r, 0, sizeof *r);
     r->arm = -1;
@@ -264,8 +263,7 @@ struct item {
 
 /* The answer document for settled items: a single item's answer, or the
  * batch list. Returns 0 or BD_ERR_NOMEM. */
-static int build_answer(int batch, const struct item *items, size_t n, int *status,
-                        char **body_out)
+static int build_answer(int batch, const struct item *items, size_t n, int *status, char **body_out)
 {
     if (!batch) {
         assert(n == 1);
@@ -388,8 +386,8 @@ static int parse_envelope(const char *body, size_t len, cJSON **root_out, const 
         if (++n > FEEDBACK_MAX_BATCH) {
             char msg[96];
             snprintf(msg, sizeof msg, "a batch holds at most %d items", FEEDBACK_MAX_BATCH);
-            rc = respond_error(400, T_INVALID, "batch_too_large", "feedback", msg, status,
-                               body_out);
+            rc =
+                respond_error(400, T_INVALID, "batch_too_large", "feedback", msg, status, body_out);
             cJSON_Delete(root);
             return rc;
         }
@@ -649,8 +647,7 @@ int feedback_submit(feedback_async *fa, const char *body, size_t len, uint64_t c
         job->n = n;
         job->items = calloc(n ? n : 1, sizeof *job->items);
     }
-    rc = job && objs && job->items ? collect_items(root, list, job->items, n, objs)
-                                   : BD_ERR_NOMEM;
+    rc = job && objs && job->items ? collect_items(root, list, job->items, n, objs) : BD_ERR_NOMEM;
     size_t dim = (size_t)decisions_dim(fa->ds);
     for (size_t i = 0; rc == BD_OK && i < n; i++) {
         struct item *it = &job->items[i];

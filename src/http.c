@@ -15,6 +15,7 @@
 #include "banditd/openai.h"
 #include "banditd/pref.h"
 #include "banditd/state.h"
+#include "banditd/state_redis.h"
 #include "banditd/stats.h"
 #include "banditd/util.h"
 
@@ -85,6 +86,7 @@ enum phase {
 struct req {
     http_server *srv;
     feedback_job *fb_job; /* durable feedback waiting for its commit, or NULL */
+    state_redis_job *rfb_job; /* the same with the Redis store, or NULL */
     struct gen *g; /* the generation whose arm table r->arm and r->dec index */
     /* resilience and auth (issue 6) */
     uint64_t client;   /* auth_client_id of the caller's key, 0 = none */
@@ -507,6 +509,8 @@ static void req_free(struct req *r)
     http_server *s = r->srv;
     feedback_job_detach(r->fb_job); /* it still settles; it just won't answer */
     r->fb_job = NULL;
+    state_redis_job_detach(r->rfb_job);
+    r->rfb_job = NULL;
     if (r->call) {
         upstream_cancel(s->d.up, r->call);
         r->call = NULL;
@@ -612,6 +616,8 @@ static void decision_record(struct req *r)
     int rc = decisions_add(r->srv->d.ds, &d);
     if (rc == BD_OK && r->srv->d.state)
         state_decision(r->srv->d.state, &d); /* durable soon after (docs/state.md) */
+    if (rc == BD_OK && r->srv->d.rstate)
+        state_redis_decision(r->srv->d.rstate, &d); /* shared (docs/scale-out.md) */
     if (rc == BD_OK)
         r->recorded = 1;
     else
@@ -803,6 +809,8 @@ static void stream_finished(struct req *r, int result, const char *msg)
             decisions_complete(s->d.ds, r->id, cid, r->cost_usd, total);
             if (s->d.state)
                 state_complete(s->d.state, r->id, cid, r->cost_usd, total);
+            if (s->d.rstate)
+                state_redis_complete(s->d.rstate, r->id, cid, r->cost_usd, total);
         }
     } else {
         router_observe_failure(s->d.rt, rt_arm(r, r->arm), total);
@@ -852,6 +860,8 @@ static void finish_answer(struct req *r, int result, const char *msg, double tot
             decisions_complete(s->d.ds, r->id, cid, r->cost_usd, total);
             if (s->d.state)
                 state_complete(s->d.state, r->id, cid, r->cost_usd, total);
+            if (s->d.rstate)
+                state_redis_complete(s->d.rstate, r->id, cid, r->cost_usd, total);
         }
     }
     char *body = r->resp.data;
@@ -1396,6 +1406,7 @@ static void feedback_reply(void *ud, int status, char *body)
 {
     struct req *r = ud;
     r->fb_job = NULL;
+    r->rfb_job = NULL;
     if (body)
         observe_feedback(r->srv, status, body);
     set_final(r, (unsigned)status, body, body ? strlen(body) : 0, "application/json", 0);
@@ -1412,7 +1423,22 @@ static enum MHD_Result handle_feedback(struct req *r)
                              "request_too_large");
     int status = 500;
     char *out = NULL;
-    if (s->d.state) {
+    if (s->d.rstate) {
+        /* Replicas: answered when Redis has recorded it (docs/scale-out.md). */
+        state_redis_job *job = NULL;
+        if (state_redis_feedback_submit(s->d.rstate, r->body.data ? r->body.data : "",
+                                        r->body.len, r->client, r->is_admin, util_wall_s(),
+                                        feedback_reply, r, &job, &status, &out) != BD_OK) {
+            free(out);
+            return respond_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
+        }
+        if (job) {
+            r->rfb_job = job;
+            r->phase = PH_UPSTREAM;
+            req_suspend(r);
+            return MHD_YES;
+        }
+    } else if (s->d.state) {
         /* Durable: answered when the store has committed (feedback_reply). */
         feedback_job *job = NULL;
         if (feedback_submit(state_feedback(s->d.state), r->body.data ? r->body.data : "",
@@ -1719,6 +1745,7 @@ size_t http_active(const http_server *s)
 void http_detach_state(http_server *s)
 {
     s->d.state = NULL;
+    s->d.rstate = NULL;
 }
 
 void http_destroy(http_server *s)
@@ -1775,6 +1802,8 @@ int http_reconfigure(http_server *s, struct config *newcfg, char *err, size_t er
     s->d.cfg = newcfg;
     if (s->d.state)
         state_set_config(s->d.state, newcfg);
+    if (s->d.rstate)
+        state_redis_set_config(s->d.rstate, newcfg);
     return BD_OK;
 }
 

@@ -489,6 +489,16 @@ static int half_supported(void)
     return have;
 }
 
+static int avx2_supported(void)
+{
+    static int have = -1; /* benign race: every thread computes the same value */
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return have;
+}
+
 static void refresh_half(linucb *m)
 {
     if (m->H != NULL)
@@ -521,15 +531,103 @@ static double quad_packed(const float *P, const float *x, int d)
     return quad_packed_generic(P, x, d);
 }
 
+/* θᵀx (returned) and xs = (float)x; with cs/l1 also Σ hsd_i·|xs_i| and Σ|xs_i|
+ * (for the half-precision error bound, rounded up by 1e-5 relative). The sum
+ * order is fixed (four lanes, then pairwise), the same for both score paths. */
+static double prologue_generic(const linucb *m, const double *x, double *cs, double *l1)
+{
+    int d = m->d, i = 0;
+    double t[4] = {0, 0, 0, 0}, c = 0.0, l = 0.0;
+    for (; i + 4 <= d; i += 4)
+        for (int k = 0; k < 4; k++)
+            t[k] += m->theta[i + k] * x[i + k];
+    double dot = (t[0] + t[2]) + (t[1] + t[3]);
+    for (; i < d; i++)
+        dot += m->theta[i] * x[i];
+    for (i = 0; i < d; i++) {
+        m->xs[i] = (float)x[i];
+        if (cs != NULL) {
+            c += (double)m->hsd[i] * fabs((double)m->xs[i]);
+            l += fabs((double)m->xs[i]);
+        }
+    }
+    if (cs != NULL) {
+        *cs = c * (1.0 + 1e-5);
+        *l1 = l * (1.0 + 1e-5);
+    }
+    return dot;
+}
+
+#ifdef HAVE_AVX2_KERNEL
+__attribute__((target("avx2,fma"))) static double prologue_avx2(const linucb *m, const double *x,
+                                                                double *cs, double *l1)
+{
+    int d = m->d, i = 0;
+    __m256d t = _mm256_setzero_pd();
+    __m256 c = _mm256_setzero_ps(), l = _mm256_setzero_ps();
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (; i + 8 <= d; i += 8) {
+        __m256d x0 = _mm256_loadu_pd(x + i), x1 = _mm256_loadu_pd(x + i + 4);
+        /* the same per-lane order as prologue_generic: lane k sums i+k, i+4+k, ... */
+        t = _mm256_add_pd(t, _mm256_mul_pd(_mm256_loadu_pd(m->theta + i), x0));
+        t = _mm256_add_pd(t, _mm256_mul_pd(_mm256_loadu_pd(m->theta + i + 4), x1));
+        __m256 xf = _mm256_set_m128(_mm256_cvtpd_ps(x1), _mm256_cvtpd_ps(x0));
+        _mm256_storeu_ps(m->xs + i, xf);
+        if (cs != NULL) {
+            __m256 a = _mm256_and_ps(xf, absmask);
+            c = _mm256_fmadd_ps(_mm256_loadu_ps(m->hsd + i), a, c);
+            l = _mm256_add_ps(l, a);
+        }
+    }
+    double v[4];
+    _mm256_storeu_pd(v, t);
+    double dot = (v[0] + v[2]) + (v[1] + v[3]);
+    for (; i + 4 <= d; i += 4) { /* cannot happen with the lanes above unless d%8 >= 4 */
+        for (int k = 0; k < 4; k++)
+            v[k] = m->theta[i + k] * x[i + k];
+        dot += (v[0] + v[2]) + (v[1] + v[3]);
+    }
+    for (; i < d; i++)
+        dot += m->theta[i] * x[i];
+    if (cs != NULL) {
+        float cv[8], lv[8];
+        _mm256_storeu_ps(cv, c);
+        _mm256_storeu_ps(lv, l);
+        double cc = 0.0, ll = 0.0;
+        for (int k = 0; k < 8; k++) {
+            cc += cv[k];
+            ll += lv[k];
+        }
+        for (int j = d - d % 8; j < d; j++) {
+            m->xs[j] = (float)x[j];
+            cc += (double)m->hsd[j] * fabs((double)m->xs[j]);
+            ll += fabs((double)m->xs[j]);
+        }
+        /* single-precision partial sums of <= d/8 terms: 1e-5 covers them */
+        *cs = cc * (1.0 + 1e-5);
+        *l1 = ll * (1.0 + 1e-5);
+    } else {
+        for (int j = d - d % 8; j < d; j++)
+            m->xs[j] = (float)x[j];
+    }
+    return dot;
+}
+#endif
+
+static double prologue(const linucb *m, const double *x, double *cs, double *l1)
+{
+#ifdef HAVE_AVX2_KERNEL
+    if (avx2_supported())
+        return prologue_avx2(m, x, cs, l1);
+#endif
+    return prologue_generic(m, x, cs, l1);
+}
+
 void linucb_score(const linucb *m, const double *x, double *mean, double *width)
 {
     assert(m != NULL && x != NULL);
     int d = m->d;
-    double dot = 0.0;
-    for (int i = 0; i < d; i++) {
-        dot += m->theta[i] * x[i];
-        m->xs[i] = (float)x[i];
-    }
+    double dot = prologue(m, x, NULL, NULL);
     if (mean != NULL)
         *mean = m->mu0 + dot;
     if (width != NULL) {
@@ -544,15 +642,8 @@ void linucb_score_approx(const linucb *m, const double *x, double *mean, double 
     assert(m != NULL && x != NULL && mean != NULL && width != NULL && qerr != NULL);
 #ifdef HAVE_AVX2_KERNEL
     if (m->H != NULL) {
-        int d = m->d;
-        double dot = 0.0, cs = 0.0, l1 = 0.0;
-        for (int i = 0; i < d; i++) {
-            float xf = (float)x[i];
-            dot += m->theta[i] * x[i];
-            m->xs[i] = xf;
-            cs += (double)m->hsd[i] * fabs((double)xf);
-            l1 += fabs((double)xf);
-        }
+        double cs, l1;
+        double dot = prologue(m, x, &cs, &l1);
         *mean = m->mu0 + dot;
         double q = quad_half_f16c(m->H, m->xs, m->dp) * m->hinv;
         *width = sqrt(q > 0.0 ? q : 0.0);

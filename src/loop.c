@@ -4,6 +4,7 @@
 #include "banditd/err.h"
 #include "banditd/log.h"
 #include "banditd/state.h"
+#include "banditd/state_redis.h"
 #include "banditd/util.h"
 
 #include <assert.h>
@@ -19,6 +20,7 @@ struct loop {
     decisions *ds;
     volatile sig_atomic_t stop;
     struct state *st; /* durable state, or NULL */
+    struct state_redis *rst; /* shared Redis state, or NULL */
     volatile sig_atomic_t reload; /* SIGHUP seen, hook not run yet */
     loop_reload_fn reload_fn;
     void *reload_ud;
@@ -46,6 +48,11 @@ void loop_set_state(loop *l, struct state *st)
     l->st = st;
 }
 
+void loop_set_state_redis(loop *l, struct state_redis *rst)
+{
+    l->rst = rst;
+}
+
 void loop_stop(loop *l)
 {
     l->stop = 1;
@@ -70,6 +77,8 @@ int loop_step(loop *l, int max_wait_ms)
         return BD_ERR_IO;
     if (l->st)
         state_poll(l->st, util_wall_s()); /* store callbacks may resume connections too */
+    if (l->rst)
+        state_redis_poll(l->rst, util_wall_s()); /* stream events + Redis callbacks */
     http_run(l->http);
     if (l->ds)
         decisions_expire(l->ds, util_wall_s(), LOOP_EXPIRE_BUDGET);

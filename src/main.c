@@ -10,6 +10,7 @@
 #include "banditd/replay.h"
 #include "banditd/router.h"
 #include "banditd/state.h"
+#include "banditd/state_redis.h"
 #include "banditd/store.h"
 #include "banditd/upstream.h"
 #include "banditd/util.h"
@@ -232,6 +233,7 @@ static int run_daemon(const char *config_path, const char *listen, const char *p
     http_server *hs = NULL;
     loop *lp = NULL;
     state *st = NULL;
+    state_redis *rst = NULL;
     struct metrics *reg = NULL;
     struct metrics_banditd *mcat = NULL;
 
@@ -270,6 +272,19 @@ static int run_daemon(const char *config_path, const char *listen, const char *p
         fprintf(stderr, "banditd: --reset-state: the config has no store.path\n");
         goto out;
     }
+    if (cfg->store.redis[0]) {
+        /* Replicas: load the shared model from Redis, then follow its stream. */
+        int snaps = 0;
+        if (state_redis_open(cfg, rt, ds, store_wake, up, &rst, &snaps, err, sizeof err) !=
+            BD_OK) {
+            fprintf(stderr, "banditd: %s\n", err);
+            goto out;
+        }
+        char f[128];
+        snprintf(f, sizeof f, "\"snapshots\":%d,\"replica\":\"%s\"", snaps,
+                 store_redis_replica_id(state_redis_store(rst)));
+        log_emit(LOG_INFO, "shared state (redis) loaded", f);
+    }
     reg = metrics_create();
     const char *arm_names[CONFIG_MAX_ARMS];
     for (size_t i = 0; i < cfg->n_arms; i++)
@@ -280,7 +295,8 @@ static int run_daemon(const char *config_path, const char *listen, const char *p
     }
     metrics_banditd_bind_decisions_pending(mcat, decisions_pending_fn, ds);
     struct http_deps deps = {
-        .cfg = cfg, .rt = rt, .ds = ds, .up = up, .metrics = reg, .mcat = mcat, .state = st};
+        .cfg = cfg, .rt = rt, .ds = ds, .up = up, .metrics = reg, .mcat = mcat, .state = st,
+        .rstate = rst};
     if (http_start(&deps, host, port, &hs, err, sizeof err) != BD_OK) {
         fprintf(stderr, "banditd: %s\n", err);
         goto out;
@@ -291,6 +307,7 @@ static int run_daemon(const char *config_path, const char *listen, const char *p
         goto out;
     }
     loop_set_state(lp, st);
+    loop_set_state_redis(lp, rst);
     char fields[256];
     snprintf(fields, sizeof fields,
              "\"host\":\"%.100s\",\"port\":%d,\"arms\":%zu,\"version\":\"%s\"", host, http_port(hs),
@@ -344,6 +361,9 @@ out:
     if (lp)
         loop_set_state(lp, NULL);
     state_close(st);
+    if (lp)
+        loop_set_state_redis(lp, NULL);
+    state_redis_close(rst);
     if (hs)
         http_detach_state(hs);
     http_destroy(hs); /* resumes suspended connections, cancels upstream calls */

@@ -16,6 +16,20 @@ struct pref_weights pref_from_scalar(double q)
     w.quality = q + 0.0; /* +0.0 turns -0.0 into 0.0 */
     w.cost = 1.0 - q;
     w.latency = 0.0;
+    w.has_tolerance = 0;
+    w.tolerance = 0.0;
+    return w;
+}
+
+struct pref_weights pref_from_tolerance(double t)
+{
+    struct pref_weights w;
+    assert(isfinite(t) && t >= 0.0 && t <= 1.0);
+    w.quality = 1.0;
+    w.cost = 0.0;
+    w.latency = 0.0;
+    w.has_tolerance = 1;
+    w.tolerance = t + 0.0;
     return w;
 }
 
@@ -98,9 +112,9 @@ static void profile_list(const struct pref_profile *profiles, size_t n, char *bu
 static int parse_explicit(const char *s, size_t n, struct pref_weights *out, char *err,
                           size_t errlen)
 {
-    static const char *const keys[3] = {"quality", "cost", "latency"};
-    double vals[3] = {0, 0, 0};
-    int seen[3] = {0, 0, 0};
+    static const char *const keys[4] = {"quality", "cost", "latency", "tolerance"};
+    double vals[4] = {0, 0, 0, 0};
+    int seen[4] = {0, 0, 0, 0};
     char name[PREF_HEADER_MAX + 1];
     size_t pos = 0;
 
@@ -130,13 +144,14 @@ static int parse_explicit(const char *s, size_t n, struct pref_weights *out, cha
         memcpy(name, k, klen);
         name[klen] = '\0';
         int idx = -1;
-        for (int i = 0; i < 3; i++)
+        for (int i = 0; i < 4; i++)
             if (strlen(keys[i]) == klen && memcmp(keys[i], k, klen) == 0)
                 idx = i;
         if (idx < 0) {
             if (err && errlen)
                 snprintf(err, errlen,
-                         "invalid preference: unknown key '%.64s' (keys: quality, cost, latency)",
+                         "invalid preference: unknown key '%.64s' (keys: quality, cost, latency; "
+                         "or tolerance alone)",
                          name);
             return BD_ERR_INVALID;
         }
@@ -155,6 +170,15 @@ static int parse_explicit(const char *s, size_t n, struct pref_weights *out, cha
             break;
         pos = end + 1;
     }
+    if (seen[3]) {
+        if (seen[0] || seen[1] || seen[2]) {
+            seterr(err, errlen, "invalid preference: %s",
+                   "tolerance cannot be combined with quality/cost/latency weights");
+            return BD_ERR_INVALID;
+        }
+        *out = pref_from_tolerance(vals[3]);
+        return BD_OK;
+    }
     double sum = vals[0] + vals[1] + vals[2];
     if (!(sum > 0.0)) {
         seterr(err, errlen, "invalid preference: %s", "weights must sum to more than 0");
@@ -163,6 +187,8 @@ static int parse_explicit(const char *s, size_t n, struct pref_weights *out, cha
     out->quality = vals[0] / sum;
     out->cost = vals[1] / sum;
     out->latency = vals[2] / sum;
+    out->has_tolerance = 0;
+    out->tolerance = 0.0;
     return BD_OK;
 }
 

@@ -50,10 +50,13 @@
 
 enum fmt { FMT_TABLE, FMT_JSON, FMT_CSV };
 
+#define TOL_SWEEP_MAX 0.5 /* --sweep-form tolerance: the loosest point */
+
 struct opts {
     const char *data, *config, *warmup, *prices, *plot, *out;
-    int have_pref, sweep, jobs;
-    double pref;
+    int have_pref, sweep, jobs, sweep_tol;
+    const char *pref; /* an X-Bandit-Preference value */
+    size_t limit;     /* measure only the first N shuffled rows (0 = all) */
     uint64_t seed;
     enum fmt fmt;
 };
@@ -194,11 +197,16 @@ static void usage(FILE *f)
     fprintf(f, "usage: banditd replay --data FILE.jsonl[.gz] [--config FILE]\n"
                "         [--preference W | --sweep N] [--seed S] [--warmup FILE2]\n"
                "         [--format table|json|csv] [--prices FILE] [--plot FILE.svg]\n"
-               "         [--jobs N] [--out FILE]\n"
+               "         [--jobs N] [--out FILE] [--sweep-form scalar|tolerance] [--limit N]\n"
                "  --config FILE   router settings (its arms are ignored: the arms are the\n"
                "                  data's models, priced from --prices)\n"
-               "  --preference W  weight on quality in [0,1] (default: the config's default)\n"
+               "  --preference P  an X-Bandit-Preference value: a weight on quality in [0,1],\n"
+               "                  a profile name, weights, or tolerance=T (default: the\n"
+               "                  config's default preference)\n"
                "  --sweep N       N preference points from 0 to 1 (Pareto curve, APGR, CPT)\n"
+               "  --sweep-form F  scalar (default): point k is the weight k/(N-1);\n"
+               "                  tolerance: point k is tolerance=0.5*(1-k/(N-1))^2\n"
+               "  --limit N       measure only the first N rows of the shuffled order\n"
                "  --seed S        shuffle seed (default 1)\n"
                "  --warmup FILE2  learn on every row of FILE2 first, then measure on --data\n"
                "  --prices FILE   prices.json (default: prices.json beside the data file)\n"
@@ -249,11 +257,23 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         } else if (strcmp(a, "--out") == 0) {
             o->out = v;
         } else if (strcmp(a, "--preference") == 0) {
-            if (parse_double(v, &o->pref) < 0 || o->pref < 0 || o->pref > 1) {
-                fprintf(stderr, "replay: --preference: must be a number in [0,1]\n");
+            o->pref = v; /* validated against the config's profiles later */
+            o->have_pref = 1;
+        } else if (strcmp(a, "--sweep-form") == 0) {
+            if (strcmp(v, "scalar") == 0)
+                o->sweep_tol = 0;
+            else if (strcmp(v, "tolerance") == 0)
+                o->sweep_tol = 1;
+            else {
+                fprintf(stderr, "replay: --sweep-form: one of scalar, tolerance\n");
                 return -1;
             }
-            o->have_pref = 1;
+        } else if (strcmp(a, "--limit") == 0) {
+            if (parse_double(v, &d) < 0 || d != floor(d) || d < 1 || d > 1e12) {
+                fprintf(stderr, "replay: --limit: must be a positive integer\n");
+                return -1;
+            }
+            o->limit = (size_t)d;
         } else if (strcmp(a, "--sweep") == 0) {
             if (parse_double(v, &d) < 0 || d != floor(d) || d < 2 || d > MAX_SWEEP) {
                 fprintf(stderr, "replay: --sweep: must be an integer in [2,%d]\n", MAX_SWEEP);
@@ -367,6 +387,8 @@ static int rowset_build(struct ctx *c, const dataset *ds, const int *map, uint64
     size_t n = 0;
     int rc = BD_OK;
     for (size_t k = 0; k < N && rc == BD_OK; k++) {
+        if (with_sources && c->o->limit > 0 && n >= c->o->limit)
+            break; /* --limit: the measured rows only */
         const struct dataset_row *row = dataset_row(ds, order[k]);
         int ok = 1;
         for (size_t a = 0; a < A && ok; a++)
@@ -680,11 +702,19 @@ static cJSON *base_json(const struct base *x)
     return o;
 }
 
+/* The number shown for a point: the weight on quality, or the tolerance. */
+static double pref_label(const struct pref_weights *w)
+{
+    return w->has_tolerance ? w->tolerance : w->quality;
+}
+
 static cJSON *point_json(const struct ctx *c, const struct res *r, const struct baselines *b)
 {
     struct derived d = derive(r, b);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "preference", r->w.quality);
+    if (r->w.has_tolerance)
+        cJSON_AddNumberToObject(o, "tolerance", r->w.tolerance);
     if (r->w.latency > 0)
         cJSON_AddNumberToObject(o, "latency_weight", r->w.latency);
     cJSON_AddNumberToObject(o, "rows", (double)r->n);
@@ -880,7 +910,7 @@ static void report_table(FILE *f, const struct ctx *c, const struct res *rr, con
         fprintf(f,
                 "%6.3f %9.4f %8.1f%% %12.6f %7.1f%% %7.1f%% %8.3f %9.0f | %9.4f %8.1f%% %7.1f%% | "
                 "%9.4f\n",
-                rr[k].w.quality, d.q, 100 * d.retention, d.cost, 100 * d.saving,
+                pref_label(&rr[k].w), d.q, 100 * d.retention, d.cost, 100 * d.saving,
                 100 * d.strong_share, d.pgr, d.lat, e.q, 100 * e.retention, 100 * e.saving, rm.q);
     }
     struct summary s = summarise(rr, n, b), ns = summarise(nr, n, b);
@@ -916,7 +946,7 @@ static void report_csv(FILE *f, const struct ctx *c, const struct res *rr, const
     for (int k = 0; k < n; k++) {
         struct derived d = derive(&rr[k], b), e = derive(&nr[k], b);
         struct base rm = random_mix(b, d.strong_share);
-        fprintf(f, "%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g", rr[k].w.quality, d.q, d.cost,
+        fprintf(f, "%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g", pref_label(&rr[k].w), d.q, d.cost,
                 d.retention, d.saving, d.strong_share, d.pgr, d.lat);
         for (int a = 0; a < c->A; a++)
             fprintf(f, ",%.6g", rr[k].n ? (double)rr[k].pulls[a] / (double)rr[k].n : 0.0);
@@ -1111,10 +1141,17 @@ int replay_main(int argc, char **argv)
         goto done;
     }
     if (o.sweep) {
-        for (int k = 0; k < n; k++)
-            ws[k] = pref_from_scalar((double)k / (double)(n - 1));
+        for (int k = 0; k < n; k++) {
+            double t = (double)k / (double)(n - 1);
+            ws[k] = o.sweep_tol ? pref_from_tolerance(TOL_SWEEP_MAX * (1 - t) * (1 - t))
+                                : pref_from_scalar(t);
+        }
     } else if (o.have_pref) {
-        ws[0] = pref_from_scalar(o.pref);
+        if (pref_parse(o.pref, strlen(o.pref), c.cfg->router.profiles, c.cfg->router.n_profiles,
+                       &ws[0], err, sizeof err) != 0) {
+            fprintf(stderr, "replay: --preference: %s\n", err);
+            goto done;
+        }
     } else {
         const char *dp = c.cfg->router.default_preference;
         if (pref_parse(dp, strlen(dp), c.cfg->router.profiles, c.cfg->router.n_profiles, &ws[0],

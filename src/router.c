@@ -177,6 +177,36 @@ static void refine_widths(router *r, const double *x, const struct pref_weights 
     }
 }
 
+/* The tolerance form (pref.h, docs/preferences.md): candidates are the arms
+ * whose quality term Q_a (mean + α·width, exact widths) is at least
+ * (1 − tolerance)·max Q; they rank by predicted cost, cheapest first
+ * (score = −ĉ_a/C̄ ≤ 0). The others rank after them by quality
+ * (score = Q_a − TOL_OUTSIDE), so the fallback order stays sensible. */
+#define TOL_OUTSIDE 1e6
+static void tolerance_scores(router *r, const double *x, const struct pref_weights *w,
+                             struct router_decision *out, int n, const double *qerr)
+{
+    double qmax = -INFINITY;
+    for (int k = 0; k < n; k++) {
+        int i = out->order[k];
+        struct router_arm_score *s = &out->s[i];
+        if (qerr[i] > 0.0 && r->policy != CONFIG_POLICY_THOMPSON) {
+            linucb_score(r->arms[i].m, x, &s->mean, &s->width);
+            s->quality = s->mean + r->alpha * s->width;
+        }
+        if (s->quality > qmax)
+            qmax = s->quality;
+    }
+    double floor_q = qmax - w->tolerance * fabs(qmax);
+    for (int k = 0; k < n; k++) {
+        struct router_arm_score *s = &out->s[out->order[k]];
+        if (s->quality >= floor_q)
+            s->score = r->cbar > 0.0 ? -s->cost / r->cbar : -s->cost;
+        else
+            s->score = s->quality - TOL_OUTSIDE;
+    }
+}
+
 int router_decide(router *r, const double *x, const struct pref_weights *w, long prompt_tokens,
                   const unsigned char *healthy, int pinned, struct router_decision *out)
 {
@@ -223,6 +253,8 @@ int router_decide(router *r, const double *x, const struct pref_weights *w, long
         s->score = w->quality * s->quality - w->cost * c - w->latency * l;
     }
     refine_widths(r, x, w, out, n, qerr);
+    if (w->has_tolerance)
+        tolerance_scores(r, x, w, out, n, qerr);
     /* Insertion sort, best first (n <= 64; stable on index order). */
     for (int k = 1; k < n; k++) {
         int v = out->order[k], j = k - 1;

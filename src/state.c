@@ -18,8 +18,8 @@
 
 /* Per configured arm (indexed like the router). */
 struct track {
-    int64_t last_seq;      /* last feedback seq applied to the model (0 = none) */
-    uint64_t since_snap;   /* feedbacks applied since its last snapshot */
+    int64_t last_seq;    /* last feedback seq applied to the model (0 = none) */
+    uint64_t since_snap; /* feedbacks applied since its last snapshot */
     uint64_t pulls_at_snap;
     double last_snap_s;
 };
@@ -209,8 +209,7 @@ int state_open(const struct config *cfg, router *rt, decisions *ds, unsigned fla
     }
     if (rc != BD_OK) {
         if (err && errlen && !err[0])
-            set_err(err, errlen, "%s: cannot restore state: %s", cfg->store.path,
-                    bd_strerror(rc));
+            set_err(err, errlen, "%s: cannot restore state: %s", cfg->store.path, bd_strerror(rc));
         store_close(s->st);
         free(s);
         return rc;
@@ -402,8 +401,9 @@ void state_close(state *s)
     if (k > 0) {
         int rc = store_put_snapshot(s->st, a, k, NULL, NULL);
         if (rc != BD_OK)
-            log_msgf(LOG_WARN, "final snapshot not queued: %s (the feedback log still restores "
-                               "the model)",
+            log_msgf(LOG_WARN,
+                     "final snapshot not queued: %s (the feedback log still restores "
+                     "the model)",
                      bd_strerror(rc));
         for (int j = 0; rc == BD_OK && j < k; j++)
             snapshot_done(s, idx[j], now, a[j].pulls);

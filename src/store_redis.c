@@ -135,6 +135,8 @@ struct op {
     struct op *next;
     int rc;
     int use_eval; /* retry with EVAL after NOSCRIPT */
+    int again;    /* OP_GET found nothing yet: look again later (worker) */
+    double give_up_ms, not_before_ms; /* OP_GET retry window (monotonic) */
     store_done_fn done_cb;
     store_redis_decision_fn dec_cb;
     store_redis_feedback_fn fb_cb;
@@ -496,6 +498,7 @@ void store_redis_opts_default(struct store_redis_opts *o)
     o->block_ms = 100;
     o->heartbeat_s = 1.0;
     o->replica_stale_s = 60.0;
+    o->lookup_wait_ms = 500;
 }
 
 static void key(const store_redis *s, char *out, const char *kind, const char *id)
@@ -599,7 +602,7 @@ struct argv {
     int n;
     const char *v[SRD_MAX_ARGS];
     size_t l[SRD_MAX_ARGS];
-    char num[SRD_MAX_ARGS][48];
+    char num[SRD_MAX_ARGS][96]; /* up to three %.17g numbers */
 };
 
 static void arg_str(struct argv *a, const char *str, size_t len)
@@ -858,6 +861,8 @@ static void op_result(store_redis *s, struct op *op, const redisReply *r)
             op->rc = BD_ERR_IO;
         } else if (r->element[0]->integer == 0) {
             op->rc = BD_ERR_NOTFOUND;
+            /* maybe written by another replica a moment ago: look again */
+            op->again = util_now_ms() < op->give_up_ms;
         } else if (r->element[0]->integer == 2) {
             op->rc = BD_ERR_EXISTS;
             if (r->elements == 2)
@@ -1023,23 +1028,96 @@ static void run_batch(store_redis *s, struct op *batch)
     }
 }
 
+#define SRD_LOOKUP_RETRY_MS 40
+
+static void worker_wait(store_redis *s, double until_ms)
+{
+    double left = until_ms - util_now_ms();
+    if (left <= 0)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long ns = (long)(left * 1e6);
+    ts.tv_sec += ns / 1000000000L;
+    ts.tv_nsec += ns % 1000000000L;
+    if (ts.tv_nsec >= 1000000000L)
+        ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+    pthread_cond_timedwait(&s->q_cv, &s->q_mu, &ts);
+}
+
 static void *worker_main(void *arg)
 {
     store_redis *s = arg;
+    struct op *deferred = NULL; /* lookups to run again (worker only) */
     for (;;) {
         pthread_mutex_lock(&s->q_mu);
-        while (!s->q_head && !s->stop)
-            pthread_cond_wait(&s->q_cv, &s->q_mu);
-        if (!s->q_head && s->stop) {
+        for (;;) {
+            int due = 0;
+            double first = 0;
+            for (struct op *d = deferred; d; d = d->next) {
+                if (d->not_before_ms <= util_now_ms() || s->stop)
+                    due = 1;
+                if (first == 0 || d->not_before_ms < first)
+                    first = d->not_before_ms;
+            }
+            if (s->q_head || due || (s->stop && !deferred))
+                break;
+            if (deferred)
+                worker_wait(s, first);
+            else
+                pthread_cond_wait(&s->q_cv, &s->q_mu);
+        }
+        if (!s->q_head && !deferred && s->stop) {
             pthread_mutex_unlock(&s->q_mu);
             break;
         }
         struct op *batch = s->q_head;
         s->q_head = s->q_tail = NULL;
         s->q_count = 0;
+        int stop = s->stop;
         pthread_mutex_unlock(&s->q_mu);
+        /* due deferred lookups join this batch; on stop they end as NOTFOUND */
+        struct op *keep = NULL, *ready = NULL;
+        for (struct op *d = deferred, *n; d; d = n) {
+            n = d->next;
+            if (stop) {
+                d->next = NULL;
+                finish(s, d);
+            } else if (d->not_before_ms <= util_now_ms()) {
+                d->again = 0;
+                d->next = ready;
+                ready = d;
+            } else {
+                d->next = keep;
+                keep = d;
+            }
+        }
+        deferred = keep;
+        if (ready) {
+            struct op *t = ready;
+            while (t->next)
+                t = t->next;
+            t->next = batch;
+            batch = ready;
+        }
+        if (!batch)
+            continue;
         run_batch(s, batch);
-        finish(s, batch);
+        struct op *done = NULL, **tail = &done;
+        for (struct op *op = batch, *n; op; op = n) {
+            n = op->next;
+            op->next = NULL;
+            if (op->again && !stop) {
+                op->not_before_ms = util_now_ms() + SRD_LOOKUP_RETRY_MS;
+                op->next = deferred;
+                deferred = op;
+            } else {
+                *tail = op;
+                tail = &op->next;
+            }
+        }
+        if (done)
+            finish(s, done);
     }
     if (s->wctx)
         redisFree(s->wctx);
@@ -1328,7 +1406,7 @@ int store_redis_open(const char *url, int dim, const struct store_redis_opts *o,
     }
     *out = NULL;
     if (dim < 1 || dim > SRD_MAX_DIM || !o->apply || o->queue_cap < 1 || !(o->ttl_s > 0) ||
-        o->timeout_ms < 1 || o->block_ms < 1 || !(o->heartbeat_s > 0) ||
+        o->timeout_ms < 1 || o->block_ms < 1 || o->lookup_wait_ms < 0 || !(o->heartbeat_s > 0) ||
         !(o->replica_stale_s > 0)) {
         set_err(err, errlen,
                 "store_redis_open: invalid options (dim, apply, queue_cap, ttl_s, "
@@ -1673,6 +1751,7 @@ int store_redis_get_decision(store_redis *s, const char *id, store_redis_decisio
     }
     op->dec_cb = cb;
     op->ud = ud;
+    op->give_up_ms = util_now_ms() + s->o.lookup_wait_ms;
     return enqueue(s, op);
 }
 

@@ -99,6 +99,7 @@ START_TEST(test_defaults)
     ck_assert_int_eq(cfg->feedback.ttl_s, 86400);
     ck_assert_uint_eq(cfg->feedback.max_pending, 1000000);
     ck_assert_str_eq(cfg->store.path, "");
+    ck_assert_str_eq(cfg->store.redis, "");
     ck_assert_int_eq(cfg->store.snapshot_interval_s, 60);
     ck_assert_int_eq(cfg->store.snapshot_every, 1000);
     ck_assert_int_eq(cfg->store.queue_cap, 4096);
@@ -350,6 +351,9 @@ START_TEST(test_field_errors)
     parse_bad(with("\"store\":{\"snapshot_interval_s\":0}"), "store.snapshot_interval_s", NULL);
     parse_bad(with("\"store\":{\"snapshot_every\":0}"), "store.snapshot_every", NULL);
     parse_bad(with("\"store\":{\"queue_cap\":8}"), "store.queue_cap", NULL);
+    parse_bad(with("\"store\":{\"redis\":\"http://x\"}"), "store.redis", "redis://");
+    parse_bad(with("\"store\":{\"redis\":\"redis://h:1\",\"path\":\"a.db\"}"), "store",
+              "not both");
     parse_bad(with("\"store\":{\"queue_cap\":1.5}"), "store.queue_cap", NULL);
     {
         struct config *sc = parse_ok(with("\"store\":{\"path\":\"x.db\",\"snapshot_interval_s\":5,"
@@ -357,6 +361,12 @@ START_TEST(test_field_errors)
         ck_assert_int_eq(sc->store.snapshot_interval_s, 5);
         ck_assert_int_eq(sc->store.snapshot_every, 7);
         ck_assert_int_eq(sc->store.queue_cap, 64);
+        config_destroy(sc);
+    }
+    {
+        struct config *sc = parse_ok(with("\"store\":{\"redis\":\"redis://10.0.0.5:6380/2\"}"));
+        ck_assert_str_eq(sc->store.redis, "redis://10.0.0.5:6380/2");
+        ck_assert_str_eq(sc->store.path, "");
         config_destroy(sc);
     }
     parse_bad(with("\"auth\":{\"client_keys_env\":\"A B\"}"), "auth.client_keys_env", NULL);
@@ -426,7 +436,7 @@ START_TEST(test_unknown_fields)
               "arms[1].price_per_mtok", "unknown field");
     parse_bad(with("\"router\":{\"aplha\":0.1}"), "router.aplha", "unknown field");
     parse_bad(with("\"feedback\":{\"ttl\":5}"), "feedback.ttl", "unknown field");
-    parse_bad(with("\"store\":{\"redis\":\"x\"}"), "store.redis", "unknown field");
+    parse_bad(with("\"store\":{\"pth\":\"x\"}"), "store.pth", "unknown field");
     parse_bad(with("\"auth\":{\"keys\":\"x\"}"), "auth.keys", "unknown field");
     parse_bad(with("\"log\":{\"lvl\":\"info\"}"), "log.lvl", "unknown field");
     parse_bad(with("\"limits\":{\"max_body\":1}"), "limits.max_body", "unknown field");

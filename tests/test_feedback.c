@@ -573,7 +573,6 @@ START_TEST(test_body_not_nul_terminated)
 }
 END_TEST
 
-
 static int count_rows(const struct store_feedback *f, void *ud)
 {
     (void)f;
@@ -649,16 +648,16 @@ START_TEST(test_async_exactly_once)
     feedback_job *j1 = NULL, *j2 = NULL;
     int status = 0;
     char *out = NULL;
-    ck_assert_int_eq(feedback_submit(fa, body, strlen(body), 0, 0, T0 + 1, on_reply, &b1, &j1,
-                                     &status, &out),
-                     0);
+    ck_assert_int_eq(
+        feedback_submit(fa, body, strlen(body), 0, 0, T0 + 1, on_reply, &b1, &j1, &status, &out),
+        0);
     ck_assert_ptr_nonnull(j1); /* queued: no answer yet, nothing applied yet */
     ck_assert_uint_eq(count(1), 0);
     ck_assert_uint_eq(feedback_async_inflight(fa), 1);
     /* a duplicate while the first is in flight: 409 at once */
-    ck_assert_int_eq(feedback_submit(fa, body, strlen(body), 0, 0, T0 + 1, on_reply, &b2, &j2,
-                                     &status, &out),
-                     0);
+    ck_assert_int_eq(
+        feedback_submit(fa, body, strlen(body), 0, 0, T0 + 1, on_reply, &b2, &j2, &status, &out),
+        0);
     ck_assert_ptr_null(j2);
     ck_assert_int_eq(status, 409);
     free(out);
@@ -670,9 +669,9 @@ START_TEST(test_async_exactly_once)
     ck_assert_int_eq(applied_arm, 1);
     ck_assert_uint_eq(feedback_async_inflight(fa), 0);
     /* afterwards: 409 from the decision store */
-    ck_assert_int_eq(feedback_submit(fa, body, strlen(body), 0, 0, T0 + 1, on_reply, &b2, &j2,
-                                     &status, &out),
-                     0);
+    ck_assert_int_eq(
+        feedback_submit(fa, body, strlen(body), 0, 0, T0 + 1, on_reply, &b2, &j2, &status, &out),
+        0);
     ck_assert_ptr_null(j2);
     ck_assert_int_eq(status, 409);
     free(out);
@@ -685,9 +684,9 @@ START_TEST(test_async_exactly_once)
              id2);
     struct reply_box b3 = {0};
     feedback_job *j3 = NULL;
-    ck_assert_int_eq(feedback_submit(fa, body, strlen(body), 0, 0, T0 + 1, on_reply, &b3, &j3,
-                                     &status, &out),
-                     0);
+    ck_assert_int_eq(
+        feedback_submit(fa, body, strlen(body), 0, 0, T0 + 1, on_reply, &b3, &j3, &status, &out),
+        0);
     ck_assert_ptr_nonnull(j3);
     feedback_job_detach(j3);
     settle(st);

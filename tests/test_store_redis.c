@@ -204,6 +204,7 @@ static store_redis *open_replica(const struct rsrv *r, struct model *md, double 
     o.apply_ud = md;
     o.timeout_ms = 500;
     o.block_ms = 50;
+    o.lookup_wait_ms = 150;
     store_redis *s = NULL;
     char err[256] = "";
     int rc = store_redis_open(r->url, DIM, &o, &s, err, sizeof err);
@@ -496,6 +497,39 @@ START_TEST(test_decision_roundtrip_ttl)
     ck_assert_int_eq(store_redis_put_decision(s, &d, NULL, NULL), BD_ERR_INVALID);
     store_redis_close(s);
     model_free(&md);
+    rs_destroy(&r);
+}
+END_TEST
+
+/* A lookup on replica B that arrives before replica A's (asynchronous)
+ * decision write still finds it: B looks again for lookup_wait_ms. */
+START_TEST(test_lookup_waits_for_late_decision)
+{
+    NEED_REDIS();
+    struct rsrv r = {0};
+    rs_start(&r, 0);
+    static struct model ma, mb;
+    model_init(&ma);
+    model_init(&mb);
+    store_redis *sa = open_replica(&r, &ma, 60, 0), *sb = open_replica(&r, &mb, 60, 0);
+    struct res got = {0};
+    ck_assert_int_eq(store_redis_get_decision(sb, "late-1", dec_cb, &got), 0);
+    usleep(60 * 1000); /* B's first lookup has found nothing by now */
+    store_redis_dispatch(sb);
+    ck_assert_int_eq(got.done, 0);
+    double x[DIM];
+    make_x(2, x);
+    struct store_decision d = {"late-1", NULL, "strong", x, {1, 0, 0}, 5.0, 0, 0, 7};
+    ck_assert_int_eq(store_redis_put_decision(sa, &d, NULL, NULL), 0);
+    store_redis *both[2] = {sa, sb};
+    pump_until(both, 2, &got.done, NULL);
+    ck_assert_int_eq(got.rc, 0);
+    ck_assert_str_eq(got.arm, "strong");
+    ck_assert(memcmp(got.x, x, sizeof x) == 0);
+    store_redis_close(sa);
+    store_redis_close(sb);
+    model_free(&ma);
+    model_free(&mb);
     rs_destroy(&r);
 }
 END_TEST
@@ -895,6 +929,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_pos);
     tcase_add_test(tc, test_open_errors);
     tcase_add_test(tc, test_decision_roundtrip_ttl);
+    tcase_add_test(tc, test_lookup_waits_for_late_decision);
     tcase_add_test(tc, test_feedback_exactly_once_concurrent);
     tcase_add_test(tc, test_apply_order_identical);
     tcase_add_test(tc, test_snapshot_replay_trim);

@@ -64,6 +64,8 @@ struct config {
         long snapshot_interval_s; /* model snapshot at most this often, default 60 */
         long snapshot_every;      /* ...or after this many feedbacks to an arm, default 1000 */
         long queue_cap;           /* store write queue (ops), default 4096 */
+        char redis[512]; /* "redis://host:port/db": shared state for replicas
+                            (docs/scale-out.md); "" = none; excludes path */
     } store;
     struct {
         char client_keys_env[CONFIG_NAME_MAX]; /* "" = no client auth */

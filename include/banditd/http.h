@@ -17,6 +17,7 @@
 struct metrics;
 struct metrics_banditd;
 struct state;
+struct state_redis;
 
 typedef struct http_server http_server;
 
@@ -32,6 +33,9 @@ struct http_deps {
     /* Optional (NULL = in memory only): durable state (state.h). Decisions
      * are persisted and /feedback answers after its commit. */
     struct state *state;
+    /* Optional (NULL = none): shared state of replicas in Redis
+     * (state_redis.h, docs/scale-out.md); excludes state. */
+    struct state_redis *rstate;
 };
 
 /* Bind host:port (port 0 = any free port; SO_REUSEADDR) and start MHD with no

@@ -35,6 +35,9 @@ int loop_drain(loop *l, double deadline_ms);
  * answers whose commit just finished are sent in the same iteration. */
 struct state;
 void loop_set_state(loop *l, struct state *st);
+/* The same for the shared Redis state (state_redis.h), or NULL. */
+struct state_redis;
+void loop_set_state_redis(loop *l, struct state_redis *rst);
 /* One iteration with at most max_wait_ms of waiting (for tests). */
 int loop_step(loop *l, int max_wait_ms);
 

@@ -5,6 +5,9 @@
  *   "balanced"                     a profile name from the config
  *   "quality=0.6,cost=0.3,latency=0.1"   explicit weights (any subset; missing
  *                                  ones are 0; must sum to > 0; normalised to 1)
+ *   "tolerance=0.03"               at most 3% below the best arm's predicted
+ *                                  quality, cheapest otherwise (alone; in [0,1];
+ *                                  weights are then quality=1, cost=0, latency=0)
  * All weights are finite and in [0,1]; the three sum to 1 after parsing. */
 #ifndef BANDITD_PREF_H
 #define BANDITD_PREF_H
@@ -18,6 +21,14 @@ struct pref_weights {
     double quality;
     double cost;
     double latency;
+    /* Tolerance form ("tolerance=T", docs/preferences.md): when has_tolerance
+     * is set, the router ignores the weights above and picks, among the arms
+     * whose predicted quality is at least (1 - tolerance) times the best
+     * arm's, the one with the lowest predicted cost. Zero-initialised (the
+     * weights form) by positional initialisers of the three weights.
+     * Appended fields: backward compatible. */
+    int has_tolerance;
+    double tolerance; /* in [0,1] */
 };
 
 struct pref_profile {
@@ -33,5 +44,9 @@ int pref_parse(const char *value, size_t len, const struct pref_profile *profile
 
 /* Weights for a plain number q in [0,1]: quality=q, cost=1-q, latency=0. */
 struct pref_weights pref_from_scalar(double q);
+
+/* The tolerance form for t in [0,1]: quality=1, cost=0, latency=0,
+ * has_tolerance=1, tolerance=t. */
+struct pref_weights pref_from_tolerance(double t);
 
 #endif

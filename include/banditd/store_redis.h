@@ -112,6 +112,9 @@ struct store_redis_opts {
     double heartbeat_s;         /* how often dispatch publishes the applied position */
     double replica_stale_s;     /* a replica silent this long no longer holds trimming */
     const char *replica_id;     /* NULL = random */
+    int lookup_wait_ms; /* get_decision looks again (every 40 ms) this long before
+                           answering NOTFOUND: the answering replica writes its
+                           decision asynchronously, a moment after its response */
     store_redis_apply_fn apply; /* required */
     void *apply_ud;
     store_wake_fn wake; /* may be NULL: the loop then polls dispatch */
@@ -119,7 +122,8 @@ struct store_redis_opts {
 };
 
 /* Defaults: prefix NULL, ttl 86400 s, queue_cap 4096, timeout 1000 ms,
- * block 100 ms, heartbeat 1 s, stale 60 s, random replica id, no callbacks. */
+ * block 100 ms, heartbeat 1 s, stale 60 s, lookup wait 500 ms, random
+ * replica id, no callbacks. */
 void store_redis_opts_default(struct store_redis_opts *o);
 
 /* Connect (synchronously, up to timeout_ms), check or record dim in meta
