@@ -114,7 +114,7 @@ static double time_decision(router *r, const cJSON *req)
 {
     double x[DIM], t[BATCHES];
     struct router_decision d;
-    struct pref_weights w = {0.7, 0.3, 0.0};
+    struct pref_weights w = {.quality = 0.7, .cost = 0.3, .latency = 0.0};
     const int iters = 500;
     for (int b = 0; b < BATCHES; b++) {
         double t0 = now_ns();

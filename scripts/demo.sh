@@ -66,8 +66,33 @@ python3 scripts/demo_client.py --data "$DATA" --port "$PORT" --preference "$PREF
     --seed "$SEED" --concurrency "$CONC" --limit "$LIMIT" --json "$OUT/live.json"
 
 echo
-echo "== the same data offline (banditd replay, same seed), and the Pareto curve"
-"$BUILD/banditd" replay --data "$DATA" --sweep 11 --seed "$SEED" --format table \
-    --plot "$OUT/pareto.svg" | tee "$OUT/replay.txt"
+echo "== the same rows offline: banditd replay, same seed, preference and router settings"
+REPLAY_LIMIT=()
+[ "$LIMIT" != 0 ] && REPLAY_LIMIT=(--limit "$LIMIT")
+"$BUILD/banditd" replay --data "$DATA" --config "$OUT/banditd.json" --prices data/prices.json \
+    --preference "$PREF" --seed "$SEED" "${REPLAY_LIMIT[@]+"${REPLAY_LIMIT[@]}"}" --jobs 2 \
+    --format json --out "$OUT/replay_point.json"
+python3 - "$OUT/live.json" "$OUT/replay_point.json" <<'PY2'
+import json, sys
+live = json.load(open(sys.argv[1]))
+rep = json.load(open(sys.argv[2]))
+pt = rep["points"][0]
+print(f"{'':22}{'live (HTTP)':>14}{'replay':>12}")
+print(f"{'rows':22}{live['ok']:>14}{pt['rows']:>12}")
+print(f"{'quality retention':22}{100 * live['quality_retention']:>13.1f}%{100 * pt['quality_retention']:>11.1f}%")
+print(f"{'cost saving':22}{100 * live['cost_saving']:>13.1f}%{100 * pt['cost_saving']:>11.1f}%")
+for m, sh in live["arm_share"].items():
+    print(f"{'share ' + m[:16]:22}{100 * sh:>13.1f}%{100 * pt['arm_share'].get(m, 0):>11.1f}%")
+print("(live: CONC requests in flight, so each decision sees the feedback of all but the")
+print(" last few requests; replay learns after every row. See docs/results.md.)")
+PY2
+
 echo
-echo "live summary: $OUT/live.json   replay: $OUT/replay.txt   plot: $OUT/pareto.svg"
+echo "== the cost-quality curve offline (banditd replay --sweep, same seed)"
+"$BUILD/banditd" replay --data "$DATA" --prices data/prices.json --sweep "${SWEEP:-11}" \
+    --seed "$SEED" --jobs 2 "${REPLAY_LIMIT[@]+"${REPLAY_LIMIT[@]}"}" --format table \
+    --plot "$OUT/pareto.svg" >"$OUT/replay.txt"
+sed -n '/^  pref/,/^saving @ >=97%/p' "$OUT/replay.txt"
+echo
+echo "live summary: $OUT/live.json   replay: $OUT/replay_point.json, $OUT/replay.txt"
+echo "plot: $OUT/pareto.svg"

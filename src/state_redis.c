@@ -31,8 +31,8 @@ struct state_redis {
     double next_snap_s;
     int snap_pending; /* snapshot operations in flight */
     int snap_failed;
-    uint64_t dropped;    /* decisions not written */
-    uint64_t refused;    /* stream events the router refused / unknown arm */
+    uint64_t dropped; /* decisions not written */
+    uint64_t refused; /* stream events the router refused / unknown arm */
 };
 
 struct ritem {
@@ -72,10 +72,10 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-static void fail(struct ritem *r, int status, const char *type, const char *code,
-                 const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-static void fail(struct ritem *r, int status, const char *type, const char *code,
-                 const char *param, const char *fmt, ...)
+static void fail(struct ritem *r, int status, const char *type, const char *code, const char *param,
+                 const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void fail(struct ritem *r, int status, const char *type, const char *code, const char *param,
+                 const char *fmt, ...)
 {
     r->status = status;
     r->type = type;
@@ -274,9 +274,8 @@ void state_redis_poll(state_redis *s, double now_s)
 
 void state_redis_decision(state_redis *s, const struct decision *d)
 {
-    const char *name = d->arm >= 0 && (size_t)d->arm < s->cfg->n_arms
-                           ? s->cfg->arms[d->arm].name
-                           : NULL;
+    const char *name =
+        d->arm >= 0 && (size_t)d->arm < s->cfg->n_arms ? s->cfg->arms[d->arm].name : NULL;
     struct store_decision sd = {
         .id = d->id,
         .completion_id = d->completion_id,
@@ -441,8 +440,7 @@ static int put_item(state_redis *s, struct ritem *r, const char *arm_name, const
     if (rc == BD_ERR_BUSY)
         fail(r, 503, T_SERVER, "store_busy", NULL, "too much feedback in flight; retry later");
     else
-        fail(r, 500, T_SERVER, "internal_error", NULL, "feedback not queued: %s",
-             bd_strerror(rc));
+        fail(r, 500, T_SERVER, "internal_error", NULL, "feedback not queued: %s", bd_strerror(rc));
     return 0;
 }
 
@@ -474,8 +472,8 @@ static void got_decision(int rc, const struct store_decision *d, void *ud)
 }
 
 /* Validate one item and start it. Returns 1 if it is in flight. */
-static int start_item(state_redis *s, struct state_redis_job *j, struct ritem *r,
-                      const cJSON *item, double now_s)
+static int start_item(state_redis *s, struct state_redis_job *j, struct ritem *r, const cJSON *item,
+                      double now_s)
 {
     r->job = j;
     r->arm = -1;
@@ -612,8 +610,8 @@ int state_redis_feedback_submit(state_redis *s, const char *body, size_t len, ui
     *job = NULL;
     *body_out = NULL;
     if (too_deep(body, len, 32))
-        return respond_error(400, T_INVALID, "invalid_json", NULL, "body nested too deeply",
-                             status, body_out);
+        return respond_error(400, T_INVALID, "invalid_json", NULL, "body nested too deeply", status,
+                             body_out);
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
     int trailing = 0;
@@ -623,8 +621,8 @@ int state_redis_feedback_submit(state_redis *s, const char *body, size_t len, ui
                 trailing = 1;
     if (!root || trailing) {
         cJSON_Delete(root);
-        return respond_error(400, T_INVALID, "invalid_json", NULL, "body is not valid JSON",
-                             status, body_out);
+        return respond_error(400, T_INVALID, "invalid_json", NULL, "body is not valid JSON", status,
+                             body_out);
     }
     const cJSON *list = NULL;
     if (cJSON_IsObject(root) && root->child && !root->child->next && root->child->string &&

@@ -60,6 +60,7 @@ struct op {
 
 enum stmt_id {
     ST_DECISION,
+    ST_HAS_DECISION,
     ST_COMPLETE,
     ST_FEEDBACK,
     ST_SNAPSHOT,
@@ -75,6 +76,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_DECISION] = "INSERT INTO decisions(id, completion_id, arm_name, x, w_q, w_c, w_l, "
                     "created_s, cost_usd, latency_ms, client) VALUES(?,?,?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT(id) DO NOTHING",
+    [ST_HAS_DECISION] = "SELECT x FROM decisions WHERE id = ?",
     [ST_COMPLETE] = "UPDATE decisions SET completion_id = coalesce(?, completion_id), "
                     "cost_usd = ?, latency_ms = ? WHERE id = ?",
     [ST_FEEDBACK] = "INSERT INTO feedback(request_id, arm_name, x, reward, at_s) "
@@ -84,7 +86,9 @@ static const char *const stmt_sql[ST_COUNT] = {
                     "usage_obs, taken_at) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
     [ST_SNAP_PRUNE] = "DELETE FROM arm_stats WHERE arm_name = ?1 AND id NOT IN "
                       "(SELECT id FROM arm_stats WHERE arm_name = ?1 ORDER BY id DESC LIMIT ?2)",
-    [ST_PURGE] = "DELETE FROM decisions WHERE created_s < ?",
+    /* A decision with a feedback row is the log's features: never purged. */
+    [ST_PURGE] = "DELETE FROM decisions WHERE created_s < ? AND NOT EXISTS "
+                 "(SELECT 1 FROM feedback f WHERE f.request_id = decisions.id)",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
@@ -234,6 +238,19 @@ static int query_text(sqlite3 *db, const char *sql, char *out, size_t outlen)
 
 /* ---------- schema, creation, validation ---------- */
 
+/* Schema 2: a feedback row's x is NULL when its decision row holds the same
+ * features (the usual case: written once); decisions with a feedback row are
+ * never purged. seq is a plain rowid (never reused: feedback is never
+ * deleted), so no sqlite_sequence write per row. */
+#define FEEDBACK_TABLE_SQL                                                                         \
+    "CREATE TABLE feedback(seq INTEGER PRIMARY KEY,"                                               \
+    " request_id TEXT NOT NULL UNIQUE, arm_name TEXT NOT NULL, x BLOB,"                            \
+    " reward REAL NOT NULL, at_s REAL NOT NULL);"
+
+/* The features of a feedback row (alias f, decisions joined as d). */
+#define FEEDBACK_X "coalesce(f.x, d.x)"
+#define FEEDBACK_FROM " FROM feedback f LEFT JOIN decisions d ON d.id = f.request_id"
+
 static const char schema_sql[] =
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
     "CREATE TABLE decisions(id TEXT PRIMARY KEY, completion_id TEXT, arm_name TEXT NOT NULL,"
@@ -241,10 +258,7 @@ static const char schema_sql[] =
     " created_s REAL NOT NULL, cost_usd REAL NOT NULL DEFAULT 0,"
     " latency_ms REAL NOT NULL DEFAULT 0, client INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX decisions_created ON decisions(created_s);"
-    "CREATE TABLE feedback(seq INTEGER PRIMARY KEY AUTOINCREMENT,"
-    " request_id TEXT NOT NULL UNIQUE, arm_name TEXT NOT NULL, x BLOB NOT NULL,"
-    " reward REAL NOT NULL, at_s REAL NOT NULL);"
-    "CREATE INDEX feedback_arm ON feedback(arm_name, seq);"
+    FEEDBACK_TABLE_SQL
     "CREATE TABLE arm_stats(id INTEGER PRIMARY KEY AUTOINCREMENT, arm_name TEXT NOT NULL,"
     " dim INTEGER NOT NULL, A BLOB NOT NULL, b BLOB NOT NULL, n INTEGER NOT NULL,"
     " feedback_seq INTEGER NOT NULL, pulls INTEGER NOT NULL, feedback INTEGER NOT NULL,"
@@ -338,7 +352,8 @@ out:
 }
 
 /* Checks an opened existing database without writing to it. */
-static int validate(sqlite3 *db, const char *path, int dim, char *err, size_t errlen)
+static int validate(sqlite3 *db, const char *path, int dim, int *version, char *err,
+                    size_t errlen)
 {
     char v[256];
     int rc = query_text(db, "PRAGMA application_id", v, sizeof v);
@@ -371,10 +386,11 @@ static int validate(sqlite3 *db, const char *path, int dim, char *err, size_t er
                 rc != SQLITE_OK ? sqlite3_errmsg(db) : "missing");
         return BD_ERR_CORRUPT;
     }
-    if (atoi(v) != STORE_SCHEMA_VERSION) {
+    *version = atoi(v);
+    if (*version != STORE_SCHEMA_VERSION && *version != 1) {
         set_err(err, errlen,
-                "%s: schema version %s, this banditd supports %d; use a matching banditd "
-                "or migrate",
+                "%s: schema version %s, this banditd supports 1 (migrated) and %d; use a "
+                "matching banditd",
                 path, v, STORE_SCHEMA_VERSION);
         return BD_ERR_INVALID;
     }
@@ -389,6 +405,34 @@ static int validate(sqlite3 *db, const char *path, int dim, char *err, size_t er
         return BD_ERR_INVALID;
     }
     return 0;
+}
+
+/* Schema 1 → 2, in one transaction (all or nothing): the feedback table
+ * loses AUTOINCREMENT and its (arm_name, seq) index, and x becomes nullable.
+ * Existing rows keep their own x (coalesce(f.x, d.x) prefers it) and seq. */
+static int migrate_v1(sqlite3 *db, const char *path, char *err, size_t errlen)
+{
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             "BEGIN IMMEDIATE;"
+             "ALTER TABLE feedback RENAME TO feedback_v1;"
+             "DROP INDEX IF EXISTS feedback_arm;" FEEDBACK_TABLE_SQL
+             "INSERT INTO feedback(seq, request_id, arm_name, x, reward, at_s)"
+             " SELECT seq, request_id, arm_name, x, reward, at_s FROM feedback_v1 ORDER BY seq;"
+             "DROP TABLE feedback_v1;"
+             "UPDATE meta SET value = '%d' WHERE key = 'schema_version';"
+             "PRAGMA user_version = %d;"
+             "COMMIT;",
+             STORE_SCHEMA_VERSION, STORE_SCHEMA_VERSION);
+    char msg[512] = "";
+    int r = exec_sql(db, sql, msg, sizeof msg);
+    if (r) {
+        if (!sqlite3_get_autocommit(db))
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        set_err(err, errlen, "%s: migration from schema 1 to %d failed (nothing changed): %s",
+                path, STORE_SCHEMA_VERSION, msg);
+    }
+    return r;
 }
 
 static int remove_files(const char *path, char *err, size_t errlen)
@@ -464,11 +508,30 @@ static int apply_op(store *s, struct op *o)
         sqlite3_bind_double(st, 3, o->t3);
         sqlite3_bind_text(st, 4, o->id, -1, SQLITE_STATIC);
         return step_done(st);
-    case OP_FEEDBACK:
+    case OP_FEEDBACK: {
+        /* Features are written once: when the decision row (committed
+         * earlier or earlier in this transaction: one FIFO) holds the very
+         * same bytes, the feedback row stores NULL and refers to it. */
+        int same = 0;
+        st = s->st[ST_HAS_DECISION];
+        sqlite3_bind_text(st, 1, o->id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            const void *dx = sqlite3_column_blob(st, 0);
+            same = dx && (size_t)sqlite3_column_bytes(st, 0) == o->xlen &&
+                   memcmp(dx, o->x, o->xlen) == 0;
+            rc = SQLITE_DONE;
+        }
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE)
+            return rc;
         st = s->st[ST_FEEDBACK];
         sqlite3_bind_text(st, 1, o->id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, o->arm, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(st, 3, o->x, (int)o->xlen, SQLITE_STATIC);
+        if (same)
+            sqlite3_bind_null(st, 3);
+        else
+            sqlite3_bind_blob(st, 3, o->x, (int)o->xlen, SQLITE_STATIC);
         sqlite3_bind_double(st, 4, o->t1);
         sqlite3_bind_double(st, 5, o->t2);
         rc = step_done(st);
@@ -479,6 +542,7 @@ static int apply_op(store *s, struct op *o)
                 o->seq = sqlite3_last_insert_rowid(s->db);
         }
         return rc;
+    }
     case OP_SNAPSHOT:
         for (int i = 0; i < o->n_snap; i++) {
             const struct snap_arm *a = &o->snap[i];
@@ -691,7 +755,8 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     }
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
-    if ((r = validate(s->db, path, dim, err, errlen)))
+    int version = 0;
+    if ((r = validate(s->db, path, dim, &version, err, errlen)))
         goto fail;
     char mode[32];
     rc = query_text(s->db, "PRAGMA journal_mode=WAL", mode, sizeof mode);
@@ -708,6 +773,8 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
                       "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;"
                       "PRAGMA journal_size_limit=67108864; PRAGMA wal_autocheckpoint=1000;",
                       err, errlen)))
+        goto fail;
+    if (version == 1 && (r = migrate_v1(s->db, path, err, errlen)))
         goto fail;
     for (int i = 0; i < ST_COUNT; i++) {
         rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
@@ -871,9 +938,36 @@ int store_put_decision(store *s, const struct store_decision *d, store_done_fn c
     return enqueue_or_free(s, o);
 }
 
+/* A non-streaming answer completes its decision right after queueing it:
+ * when that decision is still the queue's last op, fold the completion into
+ * it (one INSERT instead of an INSERT and an UPDATE). Returns 1 if folded. */
+static int fold_completion(store *s, const char *id, const char *completion_id, double cost_usd,
+                           double latency_ms)
+{
+    int folded = 0;
+    pthread_mutex_lock(&s->q_mu);
+    if (s->count > 0 && !s->stop) {
+        struct op *t = s->ring[(s->head + s->count - 1) % s->cap];
+        if (t->kind == OP_DECISION && strcmp(t->id, id) == 0) {
+            if (completion_id && completion_id[0])
+                memcpy(t->id2, completion_id, strlen(completion_id) + 1);
+            t->t2 = cost_usd;
+            t->t3 = latency_ms;
+            folded = 1;
+        }
+    }
+    pthread_mutex_unlock(&s->q_mu);
+    return folded;
+}
+
 int store_complete_decision(store *s, const char *id, const char *completion_id, double cost_usd,
                             double latency_ms)
 {
+    if (!id || strnlen(id, STORE_ID_MAX) >= STORE_ID_MAX ||
+        (completion_id && strnlen(completion_id, STORE_ID_MAX) >= STORE_ID_MAX))
+        return BD_ERR_INVALID;
+    if (fold_completion(s, id, completion_id, cost_usd, latency_ms))
+        return 0;
     struct op *o = op_new(OP_COMPLETE, 0, NULL, NULL);
     if (!o)
         return BD_ERR_NOMEM;
@@ -1084,12 +1178,13 @@ int store_load_feedback_after(store *s, const char *arm_name, int64_t after_seq,
                               int (*cb)(const struct store_feedback *f, void *ud), void *ud)
 {
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(s->rdb,
-                                arm_name ? "SELECT seq, request_id, arm_name, x, reward, at_s FROM "
-                                           "feedback WHERE seq > ?1 AND arm_name = ?2 ORDER BY seq"
-                                         : "SELECT seq, request_id, arm_name, x, reward, at_s FROM "
-                                           "feedback WHERE seq > ?1 ORDER BY seq",
-                                -1, &st, NULL);
+    int rc = sqlite3_prepare_v2(
+        s->rdb,
+        arm_name ? "SELECT f.seq, f.request_id, f.arm_name, " FEEDBACK_X ", f.reward, f.at_s"
+                   FEEDBACK_FROM " WHERE f.seq > ?1 AND f.arm_name = ?2 ORDER BY f.seq"
+                 : "SELECT f.seq, f.request_id, f.arm_name, " FEEDBACK_X ", f.reward, f.at_s"
+                   FEEDBACK_FROM " WHERE f.seq > ?1 ORDER BY f.seq",
+        -1, &st, NULL);
     if (rc != SQLITE_OK)
         return map_sqlite(rc);
     sqlite3_bind_int64(st, 1, after_seq);
@@ -1173,7 +1268,8 @@ static int emit_line(cJSON *obj, FILE *out)
 static int export_rows(sqlite3 *db, FILE *out, int dim, int feedback, char *err, size_t errlen)
 {
     const char *sql =
-        feedback ? "SELECT seq, request_id, arm_name, x, reward, at_s FROM feedback ORDER BY seq"
+        feedback ? "SELECT f.seq, f.request_id, f.arm_name, " FEEDBACK_X ", f.reward, f.at_s"
+                   FEEDBACK_FROM " ORDER BY f.seq"
                  : "SELECT id, completion_id, arm_name, x, w_q, w_c, w_l, created_s, cost_usd,"
                    " latency_ms, client FROM decisions ORDER BY created_s, rowid";
     sqlite3_stmt *st = NULL;

@@ -43,13 +43,14 @@ static const char *const script_src[SC_COUNT] = {
                     "redis.call('SET', KEYS[1], id, 'PX', ARGV[1])\n"
                     "redis.call('DEL', KEYS[3], KEYS[4])\n"
                     "return {1, id}\n",
-    /* KEYS: d:<id>, c:<cid>, dx:<id>. ARGV: ttl_ms, id, a, x, wq, wc, wl, c, k, l, u, cid.
+    /* KEYS: d:<id>, c:<cid>, dx:<id>. ARGV: ttl_ms, id, a, x, wq, wc, wl, c, k, l, u, cid,
+     * wt (tolerance, "" = none).
      * x lives in its own string key: a hash holding a 2 KiB field loses its
      * compact listpack encoding (measured 5.9 KB per decision vs ~2.8 KB). */
     [SC_DECISION] =
         "redis.call('HSET', KEYS[1], 'a', ARGV[3], 'wq', ARGV[5],"
         " 'wc', ARGV[6], 'wl', ARGV[7], 'c', ARGV[8], 'k', ARGV[9], 'l', ARGV[10],"
-        " 'u', ARGV[11], 'cid', ARGV[12])\n"
+        " 'u', ARGV[11], 'cid', ARGV[12], 'wt', ARGV[13])\n"
         "redis.call('PEXPIRE', KEYS[1], ARGV[1])\n"
         "redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[1])\n"
         "if ARGV[12] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[1]) end\n"
@@ -74,10 +75,11 @@ static const char *const script_src[SC_COUNT] = {
                "  if redis.call('EXISTS', ARGV[1] .. 'fb:' .. rid) == 1 then return {2, rid} end\n"
                "end\n"
                "local v = redis.call('HMGET', ARGV[1] .. 'd:' .. rid, 'a', 'wq', 'wc', 'wl',"
-               " 'c', 'k', 'l', 'u', 'cid')\n"
+               " 'c', 'k', 'l', 'u', 'cid', 'wt')\n"
                "local x = redis.call('GET', ARGV[1] .. 'dx:' .. rid)\n"
                "if not v[1] or not x then return {0} end\n"
-               "return {1, rid, v[1], x, v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9]}\n",
+               "return {1, rid, v[1], x, v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9],"
+               " v[10] or ''}\n",
     /* KEYS: arms, replicas, stream. ARGV: prefix, stale_ms, replica id, its applied
      * pos (published first, as a heartbeat). Returns entries removed. */
     [SC_TRIM] =
@@ -134,8 +136,8 @@ struct op {
     enum op_kind kind;
     struct op *next;
     int rc;
-    int use_eval; /* retry with EVAL after NOSCRIPT */
-    int again;    /* OP_GET found nothing yet: look again later (worker) */
+    int use_eval;                     /* retry with EVAL after NOSCRIPT */
+    int again;                        /* OP_GET found nothing yet: look again later (worker) */
     double give_up_ms, not_before_ms; /* OP_GET retry window (monotonic) */
     store_done_fn done_cb;
     store_redis_decision_fn dec_cb;
@@ -676,6 +678,10 @@ static int op_append(store_redis *s, redisContext *c, struct op *op)
         arg_fmt(&a, "%.17g", op->t3);
         arg_fmt(&a, "%016" PRIx64, op->client);
         arg_cstr(&a, op->id2);
+        if (op->w.has_tolerance)
+            arg_fmt(&a, "%.17g", op->w.tolerance);
+        else
+            arg_cstr(&a, "");
         break;
     case OP_COMPLETE:
         key(s, k1, "d:", op->id);
@@ -792,10 +798,10 @@ static int reply_str(const redisReply *r, char *dst, size_t max)
     return 0;
 }
 
-/* Decode an OP_GET found reply {1, rid, a, x, wq, wc, wl, c, k, l, u, cid}. */
+/* Decode an OP_GET found reply {1, rid, a, x, wq, wc, wl, c, k, l, u, cid, wt}. */
 static int get_decode(store_redis *s, struct op *op, const redisReply *r)
 {
-    if (r->elements != 12)
+    if (r->elements != 13 || r->element[12]->type != REDIS_REPLY_STRING)
         return BD_ERR_CORRUPT;
     redisReply **e = r->element;
     for (int i = 1; i < 11; i++)
@@ -824,6 +830,9 @@ static int get_decode(store_redis *s, struct op *op, const redisReply *r)
         rc = parse_double(e[9]->str, e[9]->len, &op->t3);
     if (!rc)
         rc = parse_u64(e[10]->str, e[10]->len, 16, &op->client);
+    op->w.has_tolerance = e[12]->len > 0;
+    if (!rc && op->w.has_tolerance)
+        rc = parse_double(e[12]->str, e[12]->len, &op->w.tolerance);
     return rc;
 }
 

@@ -445,7 +445,7 @@ START_TEST(test_decision_roundtrip_ttl)
                                NULL,
                                "mid",
                                x,
-                               {0.6, 0.3, 0.1},
+                               {.quality = 0.6, .cost = 0.3, .latency = 0.1},
                                1700000000.25,
                                0.0012,
                                840.5,
@@ -465,6 +465,7 @@ START_TEST(test_decision_roundtrip_ttl)
     ck_assert_str_eq(res.cid, "");
     ck_assert(memcmp(res.x, x, sizeof x) == 0);
     ck_assert(res.w.quality == 0.6 && res.w.cost == 0.3 && res.w.latency == 0.1);
+    ck_assert_int_eq(res.w.has_tolerance, 0);
     ck_assert(res.created == 1700000000.25 && res.cost == 0.0012 && res.lat == 840.5);
     ck_assert_uint_eq(res.client, 0xdeadbeefcafef00dull);
 
@@ -476,14 +477,17 @@ START_TEST(test_decision_roundtrip_ttl)
     ck_assert(res.cost == 0.5 && res.lat == 99.0);
     ck_assert_int_eq(sync_get(s, "nope", &res), BD_ERR_NOTFOUND);
 
-    /* dense form, then expiry */
+    /* dense form, tolerance preference, then expiry */
     make_x(4, x);
     d.id = "req-2";
+    d.w.has_tolerance = 1;
+    d.w.tolerance = 0.05;
     res.done = 0;
     ck_assert_int_eq(store_redis_put_decision(s, &d, done_cb, &res), 0);
     pump_until(&s, 1, &res.done, NULL);
     ck_assert_int_eq(sync_get(s, "req-2", &res), 0);
     ck_assert(memcmp(res.x, x, sizeof x) == 0);
+    ck_assert(res.w.has_tolerance == 1 && res.w.tolerance == 0.05);
     usleep(1200 * 1000);
     ck_assert_int_eq(sync_get(s, "req-1", &res), BD_ERR_NOTFOUND);
     ck_assert_int_eq(sync_get(s, "chatcmpl-9", &res), BD_ERR_NOTFOUND);
@@ -519,7 +523,7 @@ START_TEST(test_lookup_waits_for_late_decision)
     ck_assert_int_eq(got.done, 0);
     double x[DIM];
     make_x(2, x);
-    struct store_decision d = {"late-1", NULL, "strong", x, {1, 0, 0}, 5.0, 0, 0, 7};
+    struct store_decision d = {"late-1", NULL, "strong", x, {.quality = 1}, 5.0, 0, 0, 7};
     ck_assert_int_eq(store_redis_put_decision(sa, &d, NULL, NULL), 0);
     store_redis *both[2] = {sa, sb};
     pump_until(both, 2, &got.done, NULL);
@@ -843,7 +847,7 @@ START_TEST(test_redis_down_and_back)
     struct res dres = {0};
     double x[DIM];
     make_x(1, x);
-    struct store_decision d = {"down-dec", NULL, "mid", x, {1, 0, 0}, 1.0, 0, 0, 0};
+    struct store_decision d = {"down-dec", NULL, "mid", x, {.quality = 1}, 1.0, 0, 0, 0};
     ck_assert_int_eq(store_redis_put_decision(sa, &d, done_cb, &dres), 0);
     pump_until(&sa, 1, &dres.done, NULL);
     ck_assert_int_eq(dres.rc, BD_ERR_IO);

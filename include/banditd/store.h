@@ -42,7 +42,7 @@
 #include <stdio.h>
 #include "banditd/pref.h"
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2 /* 1 is migrated on open (docs/state.md) */
 #define STORE_ID_MAX 128  /* request/completion ids: at most 127 chars */
 #define STORE_NAME_MAX 64 /* arm names: at most 63 chars (CONFIG_NAME_MAX) */
 

@@ -112,9 +112,9 @@ struct store_redis_opts {
     double heartbeat_s;         /* how often dispatch publishes the applied position */
     double replica_stale_s;     /* a replica silent this long no longer holds trimming */
     const char *replica_id;     /* NULL = random */
-    int lookup_wait_ms; /* get_decision looks again (every 40 ms) this long before
-                           answering NOTFOUND: the answering replica writes its
-                           decision asynchronously, a moment after its response */
+    int lookup_wait_ms;         /* get_decision looks again (every 40 ms) this long before
+                                   answering NOTFOUND: the answering replica writes its
+                                   decision asynchronously, a moment after its response */
     store_redis_apply_fn apply; /* required */
     void *apply_ud;
     store_wake_fn wake; /* may be NULL: the loop then polls dispatch */
