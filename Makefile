@@ -104,3 +104,15 @@ clean:
 # FUZZ_TIME seconds (default 60). See tests/fuzz/README.md.
 fuzz:
 	@tests/fuzz/run.sh
+
+# Side-by-side proxy benchmark (direct / nginx / banditd, wrk), slow-upstream
+# concurrency and streaming TTFB (issue 9; docs/performance.md).
+.PHONY: bench-proxy bench-slow bench-stream bench-profile
+bench-proxy: all
+	@BANDITD=$(CURDIR)/$(BUILD)/banditd bench/proxy.sh
+bench-slow: all
+	@BANDITD=$(CURDIR)/$(BUILD)/banditd bench/slow.sh
+bench-stream: all
+	@BANDITD=$(CURDIR)/$(BUILD)/banditd python3 bench/stream_ttfb.py
+bench-profile: all
+	@BANDITD=$(CURDIR)/$(BUILD)/banditd bench/profile.sh

@@ -17,6 +17,8 @@
 #   usage: bench/proxy.sh            (make bench-proxy)
 #   env:   BANDITD (default build/banditd)  CONNS=32  DUR=5  ROUNDS=3
 #          ARMS=2  STORE=1 (store.path in the temp dir)  WRK_THREADS=1
+#          BANDITD_B=path: a second banditd build (e.g. before a change),
+#          measured interleaved as target "banditd-B" (same config)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -114,9 +116,21 @@ bd_pid=$!
 for _ in $(seq 200); do [[ -s $tmp/banditd.port ]] && break; sleep 0.05; done
 bd_port=$(cat "$tmp/banditd.port")
 wait_port "$bd_port"
+targets="direct nginx banditd"
+if [[ -n ${BANDITD_B:-} ]]; then
+    sed "s#$tmp/banditd.db#$tmp/banditd-b.db#" "$tmp/banditd.json" >"$tmp/banditd-b.json"
+    OPENBLAS_NUM_THREADS=1 "$BANDITD_B" --config "$tmp/banditd-b.json" --listen 127.0.0.1:0 \
+        --port-file "$tmp/banditd-b.port" >"$tmp/banditd-b.out" 2>"$tmp/banditd-b.log" &
+    pids+=($!)
+    bb_pid=$!
+    for _ in $(seq 200); do [[ -s $tmp/banditd-b.port ]] && break; sleep 0.05; done
+    bb_port=$(cat "$tmp/banditd-b.port")
+    wait_port "$bb_port"
+    targets="$targets banditd-B"
+fi
 
 # Sanity: each target answers the chat body with 200 before we time it.
-for p in "$up_port" "$ng_port" "$bd_port"; do
+for p in "$up_port" "$ng_port" "$bd_port" ${bb_port:-}; do
     code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
         -d '{"model":"auto","messages":[{"role":"user","content":"hi"}]}' \
         "http://127.0.0.1:$p/v1/chat/completions")
@@ -136,16 +150,17 @@ echo "  banditd $("$BANDITD" --version 2>/dev/null | head -n1), $($NGINX -v 2>&1
 res="$tmp/results.tsv"
 : >"$res"
 # Warm-up (also trains nothing: no feedback is posted; routing still scores).
-for p in "$up_port" "$ng_port" "$bd_port"; do
+for p in "$up_port" "$ng_port" "$bd_port" ${bb_port:-}; do
     wrk -t1 -c"$CONNS" -d1s -s "$here/chat.lua" "http://127.0.0.1:$p/v1/chat/completions" \
         >/dev/null 2>&1 || true
 done
 for r in $(seq "$ROUNDS"); do
-    for target in direct nginx banditd; do
+    for target in $targets; do
         case $target in
         direct) port=$up_port; pid=$up_worker ;;
         nginx) port=$ng_port; pid=$ng_worker ;;
         banditd) port=$bd_port; pid=$bd_pid ;;
+        banditd-B) port=$bb_port; pid=$bb_pid ;;
         esac
         c0=$(cpu_ticks "$pid")
         out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DUR}s" --latency -s "$here/chat.lua" \
@@ -169,18 +184,22 @@ errs = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) i
 cpu_us = int(ticks) / int(hz) * 1e6 / max(n, 1)
 print("\t".join(map(str, [target, rnd, rps, p50, p99, cpu_us, n, errs])))
 EOF
-        tail -n1 "$res" | awk -F'\t' '{printf "  round %s %-8s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  cpu %.1f us/req  errors %s\n", $2, $1, $3, $4, $5, $6, $8}'
+        tail -n1 "$res" | awk -F'\t' '{printf "  round %s %-9s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  cpu %.1f us/req  errors %s\n", $2, $1, $3, $4, $5, $6, $8}'
     done
 done
 
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 python3 - "$res" "$(hwm "$up_worker")" "$(hwm "$ng_worker")" "$(hwm "$bd_pid")" \
-    "$(awk '/Threads/ {print $2}' "/proc/$bd_pid/status")" <<'EOF'
+    "$(awk '/Threads/ {print $2}' "/proc/$bd_pid/status")" "$([[ -n ${bb_pid:-} ]] && hwm "$bb_pid")" <<'EOF'
 import statistics as st, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 hwm = {"direct": int(sys.argv[2]), "nginx": int(sys.argv[3]), "banditd": int(sys.argv[4])}
+names = ["direct", "nginx", "banditd"]
+if sys.argv[6]:
+    hwm["banditd-B"] = int(sys.argv[6])
+    names.append("banditd-B")
 med = {}
-for t in ("direct", "nginx", "banditd"):
+for t in names:
     rs = [r for r in rows if r[0] == t]
     med[t] = {k: st.median(float(r[i]) for r in rs)
               for k, i in (("rps", 2), ("p50", 3), ("p99", 4), ("cpu", 5))}
@@ -190,7 +209,7 @@ print()
 print("| target | req/s | p50 ms | p99 ms | p50 overhead ms | p99 overhead ms "
       "| proxy CPU us/req | peak RSS MiB | errors |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-for t in ("direct", "nginx", "banditd"):
+for t in names:
     m = med[t]
     ov50 = "-" if t == "direct" else "%.3f" % (m["p50"] - d["p50"])
     ov99 = "-" if t == "direct" else "%.3f" % (m["p99"] - d["p99"])

@@ -1332,6 +1332,19 @@ static enum MHD_Result handle_metrics(struct req *r)
     if (!s->d.metrics)
         return respond_error(r, 404, "metrics are disabled", "invalid_request_error", NULL,
                              "not_found");
+    /* banditd_circuit_state{arm}: read at scrape time from the current generation's breakers */
+    for (size_t a = 0; s->d.mcat && a < s->cur->cfg->n_arms; a++) {
+        const struct metrics_banditd_arm *ma =
+            s->cur->marm[a] >= 0 ? metrics_banditd_arm(s->d.mcat, (size_t)s->cur->marm[a]) : NULL;
+        enum health_state hs = health_state_of(s->cur->h, (int)a);
+        enum metrics_circuit mcs = METRICS_CIRCUIT_CLOSED;
+        if (hs == HEALTH_OPEN)
+            mcs = METRICS_CIRCUIT_OPEN;
+        else if (hs == HEALTH_HALF_OPEN)
+            mcs = METRICS_CIRCUIT_HALF_OPEN;
+        if (ma)
+            metrics_gauge_set(ma->circuit_state, (double)mcs);
+    }
     struct util_buf b;
     util_buf_init(&b, HTTP_METRICS_MAX);
     if (metrics_expose(s->d.metrics, &b) != BD_OK) {

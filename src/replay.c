@@ -54,6 +54,7 @@ enum fmt { FMT_TABLE, FMT_JSON, FMT_CSV };
 
 struct opts {
     const char *data, *config, *warmup, *prices, *plot, *out;
+    const char *warmup_export, *warmup_map; /* `banditd export` dump; arm=model,... */
     int have_pref, sweep, jobs, sweep_tol;
     const char *pref; /* an X-Bandit-Preference value */
     size_t limit;     /* measure only the first N shuffled rows (0 = all) */
@@ -72,6 +73,17 @@ struct rowset {
     size_t skipped;   /* rows lacking an outcome of some arm */
 };
 
+/* Feedback rows of a `banditd export --format jsonl` dump, mapped to the
+ * data's models, in the export's (seq) order. */
+struct xrows {
+    size_t n, cap;
+    double *X;        /* n × dim */
+    int *arm;         /* model index */
+    double *reward;   /* n */
+    size_t skipped;   /* feedback rows of an arm that maps to no model */
+    size_t decisions; /* decision lines seen (not applied) */
+};
+
 struct ctx {
     const struct opts *o;
     struct config *cfg;
@@ -80,6 +92,7 @@ struct ctx {
     struct dataset_latency lat[MAX_ARMS];
     double pin[MAX_ARMS], pout[MAX_ARMS];
     struct rowset meas, warm;
+    struct xrows xw; /* --warmup-export feedback rows */
     int n_src;
     char *src_names[MAX_SOURCES];
 };
@@ -209,6 +222,10 @@ static void usage(FILE *f)
                "  --limit N       measure only the first N rows of the shuffled order\n"
                "  --seed S        shuffle seed (default 1)\n"
                "  --warmup FILE2  learn on every row of FILE2 first, then measure on --data\n"
+               "  --warmup-export DUMP  first apply every feedback row (arm, x, reward) of a\n"
+               "                  `banditd export --format jsonl` dump, in seq order\n"
+               "  --warmup-map A=M[,A=M...]  daemon arm A is the data's model M (default:\n"
+               "                  an arm named like a model is that model)\n"
                "  --prices FILE   prices.json (default: prices.json beside the data file)\n"
                "  --plot FILE.svg write FILE.svg.gp and run gnuplot to draw cost vs quality\n"
                "  --jobs N        worker threads for sweep points (default 2)\n"
@@ -250,6 +267,10 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             o->config = v;
         } else if (strcmp(a, "--warmup") == 0) {
             o->warmup = v;
+        } else if (strcmp(a, "--warmup-export") == 0) {
+            o->warmup_export = v;
+        } else if (strcmp(a, "--warmup-map") == 0) {
+            o->warmup_map = v;
         } else if (strcmp(a, "--prices") == 0) {
             o->prices = v;
         } else if (strcmp(a, "--plot") == 0) {
@@ -257,7 +278,16 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         } else if (strcmp(a, "--out") == 0) {
             o->out = v;
         } else if (strcmp(a, "--preference") == 0) {
-            o->pref = v; /* validated against the config's profiles later */
+            /* Numbers and weights are checked now (a usage error); profile
+             * names once the config's profiles are known. */
+            struct pref_weights pw;
+            char perr[256];
+            if ((strchr(v, '=') || strspn(v, "0123456789.+-eE ") == strlen(v)) &&
+                pref_parse(v, strlen(v), NULL, 0, &pw, perr, sizeof perr) != 0) {
+                fprintf(stderr, "replay: --preference: %s\n", perr);
+                return -1;
+            }
+            o->pref = v;
             o->have_pref = 1;
         } else if (strcmp(a, "--sweep-form") == 0) {
             if (strcmp(v, "scalar") == 0)
@@ -535,6 +565,143 @@ static int run_rows(const struct ctx *c, router *r, struct nc *nc, const struct 
     return BD_OK;
 }
 
+/* ---- --warmup-export ----------------------------------------------------------------------- */
+
+#define XW_LINE_MAX (8u * 1024u * 1024u) /* an export line: dim numbers of 17 digits */
+
+/* Model index of export arm `arm`: an explicit A=M entry of map, else the
+ * model named like the arm; -1 when none. */
+static int xw_model(const struct ctx *c, const char *map, const char *arm)
+{
+    size_t alen = strlen(arm);
+    for (const char *p = map; p && *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char *eq = memchr(p, '=', len);
+        if (eq && (size_t)(eq - p) == alen && memcmp(p, arm, alen) == 0) {
+            size_t mlen = len - alen - 1;
+            for (int a = 0; a < c->A; a++)
+                if (strlen(c->names[a]) == mlen && memcmp(c->names[a], eq + 1, mlen) == 0)
+                    return a;
+            return -1;
+        }
+        p = end ? end + 1 : p + len;
+    }
+    for (int a = 0; a < c->A; a++)
+        if (strcmp(c->names[a], arm) == 0)
+            return a;
+    return -1;
+}
+
+static int xw_push(struct xrows *w, int dim, int arm, double reward, const cJSON *x)
+{
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? 2 * w->cap : 256;
+        double *X = realloc(w->X, cap * (size_t)dim * sizeof *X);
+        if (X)
+            w->X = X;
+        int *ar = realloc(w->arm, cap * sizeof *ar);
+        if (ar)
+            w->arm = ar;
+        double *rw = realloc(w->reward, cap * sizeof *rw);
+        if (rw)
+            w->reward = rw;
+        if (!X || !ar || !rw)
+            return BD_ERR_NOMEM;
+        w->cap = cap;
+    }
+    double *dst = w->X + w->n * (size_t)dim;
+    int i = 0;
+    const cJSON *v;
+    cJSON_ArrayForEach(v, x)
+    {
+        if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+            return BD_ERR_INVALID;
+        dst[i++] = v->valuedouble;
+    }
+    w->arm[w->n] = arm;
+    w->reward[w->n] = reward;
+    w->n++;
+    return BD_OK;
+}
+
+/* Read the feedback rows of an export (meta line first; its dim must be the
+ * router's). Errors name the file and line. */
+static int xw_load(struct ctx *c, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return BD_ERR_IO;
+    }
+    char *line = NULL;
+    size_t lcap = 0, lineno = 0;
+    ssize_t len;
+    int rc = BD_OK, have_meta = 0;
+    while (rc == BD_OK && (len = getline(&line, &lcap, f)) >= 0) {
+        lineno++;
+        if ((size_t)len > XW_LINE_MAX) {
+            snprintf(err, errlen, "%s:%zu: line longer than %u bytes", path, lineno, XW_LINE_MAX);
+            rc = BD_ERR_TOOBIG;
+            break;
+        }
+        if (strspn(line, " \t\r\n") == (size_t)len)
+            continue;
+        cJSON *o = cJSON_ParseWithLength(line, (size_t)len);
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(o, "type");
+        const char *t = cJSON_IsString(type) ? type->valuestring : "";
+        if (!o || !t[0]) {
+            snprintf(err, errlen, "%s:%zu: not an export line (JSON object with \"type\")", path,
+                     lineno);
+            rc = BD_ERR_INVALID;
+        } else if (strcmp(t, "meta") == 0) {
+            const cJSON *d = cJSON_GetObjectItemCaseSensitive(o, "dim");
+            if (!cJSON_IsNumber(d) || d->valuedouble != (double)c->dim) {
+                snprintf(err, errlen,
+                         "%s:%zu: export has dim %g, the router has dim=%d (set router.dim "
+                         "in --config)",
+                         path, lineno, cJSON_IsNumber(d) ? d->valuedouble : -1.0, c->dim);
+                rc = BD_ERR_INVALID;
+            }
+            have_meta = 1;
+        } else if (!have_meta) {
+            snprintf(err, errlen, "%s:%zu: no meta line first: not a banditd export", path, lineno);
+            rc = BD_ERR_INVALID;
+        } else if (strcmp(t, "decision") == 0) {
+            c->xw.decisions++;
+        } else if (strcmp(t, "feedback") == 0) {
+            const cJSON *arm = cJSON_GetObjectItemCaseSensitive(o, "arm");
+            const cJSON *rw = cJSON_GetObjectItemCaseSensitive(o, "reward");
+            const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, "x");
+            if (!cJSON_IsString(arm) || !cJSON_IsNumber(rw) || !isfinite(rw->valuedouble) ||
+                !cJSON_IsArray(x) || cJSON_GetArraySize(x) != c->dim) {
+                snprintf(err, errlen, "%s:%zu: feedback line without arm, reward or x[%d]", path,
+                         lineno, c->dim);
+                rc = BD_ERR_INVALID;
+            } else {
+                int a = xw_model(c, c->o->warmup_map, arm->valuestring);
+                if (a < 0)
+                    c->xw.skipped++;
+                else if ((rc = xw_push(&c->xw, c->dim, a, rw->valuedouble, x)) != BD_OK)
+                    snprintf(err, errlen, "%s:%zu: %s", path, lineno,
+                             rc == BD_ERR_NOMEM ? "out of memory" : "x: not finite numbers");
+            }
+        } /* other types: ignored (forward compatible) */
+        cJSON_Delete(o);
+    }
+    if (rc == BD_OK && ferror(f)) {
+        snprintf(err, errlen, "%s: read error", path);
+        rc = BD_ERR_IO;
+    }
+    if (rc == BD_OK && !have_meta) {
+        snprintf(err, errlen, "%s: empty or not a banditd export (no meta line)", path);
+        rc = BD_ERR_INVALID;
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
 struct job_queue {
     const struct ctx *c;
     struct res *rres, *nres; /* per point */
@@ -562,7 +729,15 @@ static void run_point(const struct ctx *c, const struct pref_weights *w, struct 
     nc.pin = c->pin;
     nc.pout = c->pout;
     int rc = BD_OK;
-    if (c->warm.n)
+    /* The export's rewards, in their order, as the daemon applied them. The
+     * non-contextual baseline gets the same rewards (an export has no token
+     * counts or latencies, so its cost/latency estimates stay at the prior). */
+    for (size_t i = 0; rc == BD_OK && i < c->xw.n; i++) {
+        rc = router_feedback(r, c->xw.arm[i], c->xw.X + i * (size_t)c->dim, c->xw.reward[i]);
+        nc.qsum[c->xw.arm[i]] += c->xw.reward[i];
+        nc.n[c->xw.arm[i]] += 1.0;
+    }
+    if (rc == BD_OK && c->warm.n)
         rc = run_rows(c, r, NULL, &c->warm, w, NULL);
     if (rc == BD_OK)
         rc = run_rows(c, r, NULL, &c->meas, w, rr);
@@ -803,6 +978,11 @@ static cJSON *report_json(const struct ctx *c, const struct res *rr, const struc
         cJSON_AddStringToObject(root, "warmup", c->o->warmup);
         cJSON_AddNumberToObject(root, "warmup_rows", (double)c->warm.n);
     }
+    if (c->o->warmup_export) {
+        cJSON_AddStringToObject(root, "warmup_export", c->o->warmup_export);
+        cJSON_AddNumberToObject(root, "warmup_export_rows", (double)c->xw.n);
+        cJSON_AddNumberToObject(root, "warmup_export_skipped", (double)c->xw.skipped);
+    }
     cJSON_AddNumberToObject(root, "seed", (double)c->o->seed);
     cJSON_AddNumberToObject(root, "rows", (double)c->meas.n);
     cJSON_AddNumberToObject(root, "skipped_rows", (double)c->meas.skipped);
@@ -888,6 +1068,9 @@ static void report_table(FILE *f, const struct ctx *c, const struct res *rr, con
     fprintf(f, "replay: %s (%zu rows, %zu skipped), seed %llu%s%s\n", c->o->data, c->meas.n,
             c->meas.skipped, (unsigned long long)c->o->seed, c->o->warmup ? ", warm-up " : "",
             c->o->warmup ? c->o->warmup : ", cold start");
+    if (c->o->warmup_export)
+        fprintf(f, "warm start: %zu feedback rows of %s (%zu skipped)\n", c->xw.n,
+                c->o->warmup_export, c->xw.skipped);
     fprintf(f, "router: %s alpha=%g lambda=%g mu0=%g dim=%d\n",
             c->cfg->router.policy == CONFIG_POLICY_THOMPSON ? "thompson" : "linucb",
             c->cfg->router.alpha, c->cfg->router.lambda, c->cfg->router.mu0, c->cfg->router.dim);
@@ -1132,6 +1315,24 @@ int replay_main(int argc, char **argv)
         }
     }
 
+    if (o.warmup_export) {
+        if ((rc = xw_load(&c, o.warmup_export, err, sizeof err)) != BD_OK) {
+            fprintf(stderr, "replay: --warmup-export: %s\n", err);
+            goto done;
+        }
+        if (c.xw.n == 0 && c.xw.skipped > 0) {
+            fprintf(stderr,
+                    "replay: --warmup-export: none of the %zu feedback rows has an arm named "
+                    "like a model of %s; map them with --warmup-map ARM=MODEL,...\n",
+                    c.xw.skipped, o.data);
+            goto done;
+        }
+        fprintf(stderr,
+                "replay: warm start from %s: %zu feedback rows applied, %zu skipped (arm "
+                "not mapped to a model: see --warmup-map)\n",
+                o.warmup_export, c.xw.n, c.xw.skipped);
+    }
+
     int n = o.sweep ? o.sweep : 1;
     ws = calloc((size_t)n, sizeof *ws);
     rr = calloc((size_t)n, sizeof *rr);
@@ -1219,6 +1420,9 @@ done:
     free(nr);
     rowset_free(&c.meas);
     rowset_free(&c.warm);
+    free(c.xw.X);
+    free(c.xw.arm);
+    free(c.xw.reward);
     for (int i = 0; i < c.n_src; i++)
         free(c.src_names[i]);
     config_destroy(c.cfg);

@@ -10,10 +10,10 @@
 #define EPS 1e-12
 
 static const struct pref_profile PROFILES[] = {
-    {"cheap", {0.2, 0.8, 0.0}},
-    {"balanced", {0.7, 0.3, 0.0}},
-    {"best", {1.0, 0.0, 0.0}},
-    {"fast", {0.5, 0.0, 0.5}},
+    {"cheap", {0.2, 0.8, 0.0, 0, 0.0}},
+    {"balanced", {0.7, 0.3, 0.0, 0, 0.0}},
+    {"best", {1.0, 0.0, 0.0, 0, 0.0}},
+    {"fast", {0.5, 0.0, 0.5, 0, 0.0}},
 };
 #define NPROF (sizeof PROFILES / sizeof PROFILES[0])
 
@@ -24,7 +24,7 @@ static int parse(const char *s, struct pref_weights *w, char *err, size_t errlen
 
 static void expect_weights(const char *s, double q, double c, double l)
 {
-    struct pref_weights w = {-1, -1, -1};
+    struct pref_weights w = {-1, -1, -1, 0, 0.0};
     char err[256] = "";
     int rc = parse(s, &w, err, sizeof err);
     ck_assert_msg(rc == 0, "'%s' rejected: %s", s, err);
@@ -34,7 +34,7 @@ static void expect_weights(const char *s, double q, double c, double l)
 
 static void expect_invalid(const char *s, size_t len, const char *needle)
 {
-    struct pref_weights w = {0.25, 0.25, 0.5};
+    struct pref_weights w = {0.25, 0.25, 0.5, 0, 0.0};
     char err[256] = "";
     int rc = pref_parse(s, len, PROFILES, NPROF, &w, err, sizeof err);
     ck_assert_msg(rc == BD_ERR_INVALID, "'%.*s' accepted (rc %d)", (int)len, s, rc);
@@ -194,6 +194,32 @@ START_TEST(test_len_is_respected)
 }
 END_TEST
 
+/* The tolerance form: alone, in [0,1]; the weights form never sets it. */
+START_TEST(test_tolerance_form)
+{
+    struct pref_weights w = {-1, -1, -1, -1, -1};
+    char err[256] = "";
+    ck_assert_int_eq(parse("tolerance=0.03", &w, err, sizeof err), 0);
+    ck_assert_int_eq(w.has_tolerance, 1);
+    ck_assert(fabs(w.tolerance - 0.03) < EPS);
+    ck_assert(w.quality == 1.0 && w.cost == 0.0 && w.latency == 0.0);
+    ck_assert_int_eq(parse(" tolerance = 0 ", &w, err, sizeof err), 0);
+    ck_assert_int_eq(w.has_tolerance, 1);
+    ck_assert(w.tolerance == 0.0);
+    ck_assert_int_eq(parse("quality=0.5,cost=0.5", &w, err, sizeof err), 0);
+    ck_assert_int_eq(w.has_tolerance, 0);
+    ck_assert_int_eq(parse("0.7", &w, err, sizeof err), 0);
+    ck_assert_int_eq(w.has_tolerance, 0);
+    expect_invalid("tolerance=0.1,cost=0.5", 22, "combined");
+    expect_invalid("quality=1,tolerance=0.1", 23, "combined");
+    expect_invalid("tolerance=1.5", 13, "[0,1]");
+    expect_invalid("tolerance=-0.1", 14, "[0,1]");
+    expect_invalid("tolerance=0.1,tolerance=0.2", 27, "more than once");
+    struct pref_weights t = pref_from_tolerance(0.25);
+    ck_assert(t.has_tolerance == 1 && t.tolerance == 0.25 && t.quality == 1.0);
+}
+END_TEST
+
 static Suite *pref_suite(void)
 {
     Suite *s = suite_create("pref");
@@ -204,6 +230,7 @@ static Suite *pref_suite(void)
     tcase_add_test(tc, test_invalid);
     tcase_add_test(tc, test_nul_and_length);
     tcase_add_test(tc, test_len_is_respected);
+    tcase_add_test(tc, test_tolerance_form);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -90,7 +90,7 @@ START_TEST(test_reconfigure_keeps_state_by_name)
     score_of(r, 0, xb, &m2, &w2);
     ck_assert(fabs(m2 - 1.0) < 0.2);
     /* The new price is used: cost of a (index 2) with 1e6 prompt tokens. */
-    struct pref_weights w = {0, 1, 0};
+    struct pref_weights w = {0, 1, 0, 0, 0.0};
     struct router_decision d;
     ck_assert_int_eq(router_decide(r, x, &w, 1000000, NULL, -1, &d), BD_OK);
     ck_assert(d.s[2].cost > 9.0 - 1e-9);

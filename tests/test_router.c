@@ -31,7 +31,7 @@ static struct config *make_cfg(int n_arms, int dim, enum config_policy policy)
     return cfg;
 }
 
-static const struct pref_weights QUALITY_ONLY = {1.0, 0.0, 0.0};
+static const struct pref_weights QUALITY_ONLY = {1.0, 0.0, 0.0, 0, 0.0};
 
 /* x = (1/√2, z/√2) with z uniform on the unit sphere of R^(d-1): unit norm,
  * with a constant "bias" coordinate so that arm intercepts are linear. */
@@ -179,7 +179,7 @@ START_TEST(test_preference_sweep)
     struct router_decision dec;
     /* training: the router decides (with a mid preference) but both arms get
      * feedback on both types, via pinning on alternate rounds */
-    struct pref_weights mid = {0.7, 0.3, 0.0};
+    struct pref_weights mid = {0.7, 0.3, 0.0, 0, 0.0};
     for (int t = 0; t < 2000; t++) {
         int type_b = t % 4 >= 2;
         int arm = t % 2;
@@ -197,7 +197,7 @@ START_TEST(test_preference_sweep)
     double prev_share = 2.0;
     for (int s = 10; s >= 0; s--) {
         double wq = s / 10.0;
-        struct pref_weights w = {wq, 1.0 - wq, 0.0};
+        struct pref_weights w = {wq, 1.0 - wq, 0.0, 0, 0.0};
         int strong_a = 0, strong_b = 0;
         for (int k = 0; k < 200; k++) {
             ck_assert_int_eq(router_decide(r, xs[k], &w, 500, NULL, -1, &dec), BD_OK);
@@ -236,7 +236,7 @@ START_TEST(test_ties_lower_index)
     ck_assert_ptr_nonnull(r);
     double x[16] = {1.0};
     struct router_decision dec;
-    struct pref_weights w = {0.5, 0.5, 0.0};
+    struct pref_weights w = {0.5, 0.5, 0.0, 0, 0.0};
     for (int k = 0; k < 3; k++) {
         ck_assert_int_eq(router_decide(r, x, &w, 10, NULL, -1, &dec), BD_OK);
         ck_assert_int_eq(dec.n, 3);
@@ -366,7 +366,7 @@ START_TEST(test_cost_and_latency_models)
                             1e-15);
     ck_assert_double_eq_tol(dec.s[0].latency, st.latency_ms, 1e-12);
     /* a latency-only preference avoids the slow arm (arm 1 unobserved: 0) */
-    struct pref_weights lat = {0.0, 0.0, 1.0};
+    struct pref_weights lat = {0.0, 0.0, 1.0, 0, 0.0};
     ck_assert_int_eq(router_decide(r, x, &lat, 1000, NULL, -1, &dec), BD_OK);
     ck_assert_int_eq(dec.order[0], 1);
     ck_assert_double_lt(dec.s[0].score, 0.0);
@@ -389,6 +389,44 @@ START_TEST(test_prior_quality)
     ck_assert_double_eq_tol(dec.s[0].mean, 1.0, 1e-12);
     ck_assert_double_eq_tol(dec.s[1].mean, 0.3, 1e-12);
     ck_assert_int_eq(dec.order[0], 0);
+    router_destroy(r);
+    free(cfg);
+}
+END_TEST
+
+/* The tolerance form: the cheapest arm whose quality term is within the
+ * tolerance (relative) of the best arm's. Bias-only x: mean = prior and
+ * width = 1/sqrt(λ) = 1 exactly, so Q = prior + α = 1.00, 0.98, 0.80. */
+START_TEST(test_tolerance_choice)
+{
+    struct config *cfg = make_cfg(3, 16, CONFIG_POLICY_LINUCB);
+    const double prior[3] = {0.90, 0.88, 0.70}, price[3] = {10.0, 2.0, 0.1};
+    for (int i = 0; i < 3; i++) {
+        cfg->arms[i].has_prior = 1;
+        cfg->arms[i].prior_quality = prior[i];
+        cfg->arms[i].price_in_per_mtok = cfg->arms[i].price_out_per_mtok = price[i];
+    }
+    router *r = router_create(cfg);
+    ck_assert_ptr_nonnull(r);
+    double x[16] = {1.0};
+    struct router_decision dec;
+    struct pref_weights w = pref_from_tolerance(0.0);
+    ck_assert_int_eq(router_decide(r, x, &w, 100, NULL, -1, &dec), BD_OK);
+    ck_assert_double_eq_tol(dec.s[1].quality, 0.98, 1e-9);
+    ck_assert_int_eq(dec.order[0], 0); /* only the best qualifies */
+    w = pref_from_tolerance(0.03);     /* floor 0.97: arms 0 and 1 */
+    ck_assert_int_eq(router_decide(r, x, &w, 100, NULL, -1, &dec), BD_OK);
+    ck_assert_int_eq(dec.order[0], 1);
+    ck_assert_int_eq(dec.order[1], 0);
+    ck_assert_int_eq(dec.order[2], 2);
+    w = pref_from_tolerance(0.25); /* floor 0.75: every arm */
+    ck_assert_int_eq(router_decide(r, x, &w, 100, NULL, -1, &dec), BD_OK);
+    ck_assert_int_eq(dec.order[0], 2);
+    ck_assert_int_eq(dec.order[1], 1);
+    unsigned char healthy[3] = {1, 1, 0}; /* the cheapest arm is down */
+    ck_assert_int_eq(router_decide(r, x, &w, 100, healthy, -1, &dec), BD_OK);
+    ck_assert_int_eq(dec.n, 2);
+    ck_assert_int_eq(dec.order[0], 1);
     router_destroy(r);
     free(cfg);
 }
@@ -453,6 +491,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_feedback_validation);
     tcase_add_test(tc, test_cost_and_latency_models);
     tcase_add_test(tc, test_prior_quality);
+    tcase_add_test(tc, test_tolerance_choice);
     tcase_add_test(tc, test_create_invalid);
     tcase_add_test(tc, test_thompson_seeded);
     suite_add_tcase(s, tc);

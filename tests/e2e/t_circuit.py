@@ -8,6 +8,7 @@ switches "cheap" between failing (500) and healthy."""
 
 import json
 import os
+import re
 import sys
 import time
 
@@ -51,11 +52,22 @@ def arm_stats(name):
     return next(a for a in st["arms"] if a["name"] == name)
 
 
+def circuit_gauge(name):
+    """banditd_circuit_state{arm=name} from GET /metrics (0 closed, 1 open, 2 half-open)."""
+    m = d.request("GET", "/metrics")
+    assert m.status == 200, m
+    pat = re.compile(r'^banditd_circuit_state\{arm="%s"\} (\S+)$' % re.escape(name), re.M)
+    found = pat.findall(m.body.decode("utf-8"))
+    assert len(found) == 1, "banditd_circuit_state for %s: %r" % (name, found)
+    return float(found[0])
+
+
 def test_healthy_first():
     r = chat(0)
     assert r.header("X-Bandit-Arm") == "cheap", r.header("X-Bandit-Arm")
     assert r.header("X-Bandit-Fallbacks") == "0"
     assert arm_stats("cheap")["circuit"] == "closed"
+    assert circuit_gauge("cheap") == 0 and circuit_gauge("backup") == 0
 
 
 def test_dropped_within_threshold():
@@ -71,6 +83,8 @@ def test_dropped_within_threshold():
     st = arm_stats("cheap")
     assert st["circuit"] == "open" and st["healthy"] is False, st
     assert st["circuit_opens"] >= 1, st
+    assert circuit_gauge("cheap") == 1, "open circuit not shown by /metrics"
+    assert circuit_gauge("backup") == 0
     # Answers after the opening did not need a fallback.
     r = chat(200)
     assert r.header("X-Bandit-Fallbacks") == "0", r.header("X-Bandit-Fallbacks")
@@ -97,6 +111,7 @@ def test_readmitted_after_recovery():
     r = chat(400)  # the half-open probe succeeds
     assert r.header("X-Bandit-Arm") == "cheap", r.header("X-Bandit-Arm")
     assert arm_stats("cheap")["circuit"] == "closed"
+    assert circuit_gauge("cheap") == 0, "closed circuit still shown open by /metrics"
     for i in range(5):
         assert chat(410 + i).header("X-Bandit-Arm") == "cheap"
 

@@ -106,8 +106,10 @@ def client(tid):
 def read_log():
     con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=10)
     try:
-        rows = con.execute("SELECT seq, request_id, arm_name, x, reward FROM feedback ORDER BY seq"
-                           ).fetchall()
+        # schema 2: a feedback row's x is NULL when its decision row holds it
+        rows = con.execute("SELECT f.seq, f.request_id, f.arm_name, coalesce(f.x, d.x), f.reward "
+                           "FROM feedback f LEFT JOIN decisions d ON d.id = f.request_id "
+                           "ORDER BY f.seq").fetchall()
         dup = con.execute("SELECT request_id, count(*) FROM feedback GROUP BY request_id "
                           "HAVING count(*) > 1").fetchall()
     finally:
