@@ -1,6 +1,7 @@
 # banditd — build, test, install.
 #   make                      build/banditd, build/banditd-sim
-#   make check                install missing deps, build, run unit + e2e tests
+#   make check                install missing deps, build, run unit + e2e tests,
+#                             then again under ASan+UBSan and valgrind (tests/README.md)
 #   make SANITIZE=address,undefined check   the same under ASan+UBSan
 #   make demo                 the demo on the bundled RouteLLM data
 #   make bench                micro-benchmarks (router decision, feedback update)
@@ -38,7 +39,7 @@ TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
 
-.PHONY: all deps check unit e2e demo bench install clean format fuzz
+.PHONY: all deps check check-asan check-valgrind unit unit-build e2e demo bench install clean format fuzz
 all: $(BUILD)/banditd $(BUILD)/banditd-sim
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard include/banditd/*.h) | $(BUILD)/obj
@@ -65,12 +66,20 @@ $(BUILD)/obj $(BUILD)/tests $(BUILD)/bench:
 deps:
 	@scripts/install-deps.sh
 
-# The README's test command. Unit tests (Check) first, then end-to-end tests
-# that start the real daemon against fake upstreams on loopback.
+# The README's test command: build; unit tests (Check); end-to-end tests that
+# start the real daemon against fake upstreams on loopback; then the same
+# under ASan+UBSan (build-san/) and valgrind memcheck (subsets). Every phase
+# is timed; the last line is "N passed, N failed". See tests/README.md.
+# CHECK_PHASES="unit e2e" (etc.) runs a subset of phases.
 check: deps
-	$(MAKE) all unit-build
-	$(MAKE) unit
-	$(MAKE) e2e
+	@MAKE="$(MAKE)" SANITIZE="$(SANITIZE)" scripts/check.sh
+
+# Only the ASan+UBSan phases / only the valgrind phases (after a build).
+check-asan: deps
+	@MAKE="$(MAKE)" CHECK_PHASES="asan-build asan-unit asan-e2e" scripts/check.sh
+
+check-valgrind: deps
+	@MAKE="$(MAKE)" CHECK_PHASES="build vg-unit vg-e2e" scripts/check.sh
 
 unit-build: $(TEST_BINS)
 

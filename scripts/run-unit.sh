@@ -23,12 +23,17 @@ for t in "$@"; do
     c=0; f=0; e=0
     [ -n "$n" ] && read -r c f e <<<"$n"
     why=""
+    # A sanitizer report in a forked check may not change the exit status: count it.
+    if printf '%s\n' "$out" | grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error: '; then
+        [ $rc -eq 0 ] && rc=98
+    fi
     if [ $rc -ne 0 ] && [ $((f + e)) -eq 0 ]; then
         # Checks passed (or none ran) but the binary failed: a crash, a
         # timeout, or a valgrind error (exit 99). Count the binary as a failure.
         e=$((e + 1)); c=$((c + 1))
         case $rc in
             99) why=" [valgrind reported errors]" ;;
+            98) why=" [sanitizer report]" ;;
             124) why=" [killed after ${limit}s]" ;;
             *) why=" [exit $rc]" ;;
         esac

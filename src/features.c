@@ -76,10 +76,10 @@ static inline uint64_t fmix64(uint64_t k)
 
 /* Byte classes (one table lookup per byte instead of a chain of compares). */
 enum {
-    C_WORD = 1,     /* ASCII letter/digit, '_' or any byte >= 0x80 */
-    C_DIGIT = 2,    /* '0'..'9' */
-    C_MATHS = 4,    /* = + * / ^ < > \\ $ % (backslash included) */
-    C_SPACE = 8,    /* space, tab, LF, CR, FF, VT */
+    C_WORD = 1,  /* ASCII letter/digit, '_' or any byte >= 0x80 */
+    C_DIGIT = 2, /* '0'..'9' */
+    C_MATHS = 4, /* = + * / ^ < > $ % and backslash */
+    C_SPACE = 8, /* space, tab, LF, CR, FF, VT */
     C_QUESTION = 16,
     C_BACKTICK = 32,
     C_NUL = 64,
@@ -158,7 +158,7 @@ static void scan_text(struct acc *a, const char *text, size_t len)
         tri = ((tri << 8) | (ch)) & 0xffffffu;                                                     \
         if (__builtin_expect(tri_n < 3, 0) && ++tri_n < 3)                                         \
             break;                                                                                 \
-        PUT(((uint64_t)tri ^ TAG_CHAR) * 0x9e3779b97f4a7c15ULL, W_CHAR3);                      \
+        PUT(((uint64_t)tri ^ TAG_CHAR) * 0x9e3779b97f4a7c15ULL, W_CHAR3);                          \
     } while (0)
 
     const struct byte_class *tab = class_tab;

@@ -50,9 +50,9 @@ struct linucb {
      * holds rows 8g..8g+7, columns 8g..dp-1, stored chunk by chunk (8 columns ×
      * 8 rows = 64 halves) so the kernel streams it linearly. */
     uint16_t *H;
-    float *hsd;   /* sqrt of the scaled diagonal s·A⁻¹_ii (for the error bound) */
-    double hinv;  /* 1/s */
-    int dp;       /* d rounded up to a multiple of 8 */
+    float *hsd;  /* sqrt of the scaled diagonal s·A⁻¹_ii (for the error bound) */
+    double hinv; /* 1/s */
+    int dp;      /* d rounded up to a multiple of 8 */
 };
 
 static int all_finite(const double *v, size_t n)
@@ -515,7 +515,6 @@ static void refresh_half(linucb *m)
     (void)m;
 }
 #endif
-
 
 static double quad_packed(const float *P, const float *x, int d)
 {

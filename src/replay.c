@@ -36,6 +36,7 @@
 #include "banditd/dataset.h"
 #include "banditd/err.h"
 #include "banditd/features.h"
+#include "banditd/openai.h"
 #include "banditd/pref.h"
 #include "banditd/router.h"
 #include "banditd/util.h"
@@ -66,7 +67,7 @@ struct opts {
 struct rowset {
     size_t n;
     double *X;        /* n × dim */
-    long *ptok;       /* prompt tokens */
+    long *ptok;       /* prompt tokens as the daemon estimates them */
     int *src;         /* source index (measured set only) */
     double *q, *cost; /* n × A */
     long *ct;         /* n × A completion tokens */
@@ -430,7 +431,14 @@ static int rowset_build(struct ctx *c, const dataset *ds, const int *map, uint64
         rc = features_from_prompt(row->prompt, s->X + n * dim, c->dim);
         if (rc != BD_OK)
             break;
-        s->ptok[n] = dataset_outcome(row, map[0])->prompt_tokens;
+        /* The daemon's estimate for this prompt sent as the only user message
+         * (http.c: openai_estimate_tokens of the message text), not the logged
+         * count: the router must decide on what a live request shows it. The
+         * logged counts can be far larger (RouteLLM's MMLU/GSM8K rows were sent
+         * with a few-shot prefix that is not stored; data README) and made
+         * replay price GPT-4 calls the daemon cannot see; the measured cost
+         * stays the logged cost_usd. */
+        s->ptok[n] = openai_estimate_tokens(strlen(row->prompt));
         for (size_t a = 0; a < A; a++) {
             const struct dataset_outcome *oc = dataset_outcome(row, map[a]);
             s->q[n * A + a] = oc->quality;

@@ -87,7 +87,10 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_SNAP_PRUNE] = "DELETE FROM arm_stats WHERE arm_name = ?1 AND id NOT IN "
                       "(SELECT id FROM arm_stats WHERE arm_name = ?1 ORDER BY id DESC LIMIT ?2)",
     /* A decision with a feedback row is the log's features: never purged. */
-    [ST_PURGE] = "DELETE FROM decisions WHERE created_s < ? AND NOT EXISTS "
+    /* Answered decisions stay forever, so each purge scans only the created_s
+     * range since the previous successful purge (?1 = its cutoff, -inf at
+     * open): older rows still present are answered ones. */
+    [ST_PURGE] = "DELETE FROM decisions WHERE created_s >= ?1 AND created_s < ?2 AND NOT EXISTS "
                  "(SELECT 1 FROM feedback f WHERE f.request_id = decisions.id)",
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
@@ -118,6 +121,8 @@ struct store {
     struct op *done_head, *done_tail;
 
     struct op **batch; /* writer thread only */
+    double purged_below; /* writer thread only: cutoff of the last committed purge */
+    double purge_pending; /* writer thread only: cutoff of a purge in the open batch */
 };
 
 /* ---------- helpers ---------- */
@@ -257,8 +262,7 @@ static const char schema_sql[] =
     " x BLOB NOT NULL, w_q REAL NOT NULL, w_c REAL NOT NULL, w_l REAL NOT NULL,"
     " created_s REAL NOT NULL, cost_usd REAL NOT NULL DEFAULT 0,"
     " latency_ms REAL NOT NULL DEFAULT 0, client INTEGER NOT NULL DEFAULT 0);"
-    "CREATE INDEX decisions_created ON decisions(created_s);"
-    FEEDBACK_TABLE_SQL
+    "CREATE INDEX decisions_created ON decisions(created_s);" FEEDBACK_TABLE_SQL
     "CREATE TABLE arm_stats(id INTEGER PRIMARY KEY AUTOINCREMENT, arm_name TEXT NOT NULL,"
     " dim INTEGER NOT NULL, A BLOB NOT NULL, b BLOB NOT NULL, n INTEGER NOT NULL,"
     " feedback_seq INTEGER NOT NULL, pulls INTEGER NOT NULL, feedback INTEGER NOT NULL,"
@@ -352,8 +356,7 @@ out:
 }
 
 /* Checks an opened existing database without writing to it. */
-static int validate(sqlite3 *db, const char *path, int dim, int *version, char *err,
-                    size_t errlen)
+static int validate(sqlite3 *db, const char *path, int dim, int *version, char *err, size_t errlen)
 {
     char v[256];
     int rc = query_text(db, "PRAGMA application_id", v, sizeof v);
@@ -429,8 +432,8 @@ static int migrate_v1(sqlite3 *db, const char *path, char *err, size_t errlen)
     if (r) {
         if (!sqlite3_get_autocommit(db))
             sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-        set_err(err, errlen, "%s: migration from schema 1 to %d failed (nothing changed): %s",
-                path, STORE_SCHEMA_VERSION, msg);
+        set_err(err, errlen, "%s: migration from schema 1 to %d failed (nothing changed): %s", path,
+                STORE_SCHEMA_VERSION, msg);
     }
     return r;
 }
@@ -572,9 +575,15 @@ static int apply_op(store *s, struct op *o)
         }
         return SQLITE_OK;
     case OP_PURGE:
+        if (!(o->t1 > s->purged_below))
+            return SQLITE_OK; /* nothing new expired (or the clock went back) */
         st = s->st[ST_PURGE];
-        sqlite3_bind_double(st, 1, o->t1);
-        return step_done(st);
+        sqlite3_bind_double(st, 1, s->purged_below);
+        sqlite3_bind_double(st, 2, o->t1);
+        rc = step_done(st);
+        if (rc == SQLITE_OK && o->t1 > s->purge_pending)
+            s->purge_pending = o->t1;
+        return rc;
     }
     assert(!"unknown op kind");
     return SQLITE_INTERNAL;
@@ -583,6 +592,7 @@ static int apply_op(store *s, struct op *o)
 /* One group commit of n ops. Returns 0 or the batch's error code. */
 static int run_batch(store *s, struct op **ops, size_t n)
 {
+    s->purge_pending = s->purged_below;
     int rc = step_done(s->st[ST_BEGIN]);
     for (size_t i = 0; rc == SQLITE_OK && i < n; i++)
         rc = apply_op(s, ops[i]);
@@ -590,8 +600,10 @@ static int run_batch(store *s, struct op **ops, size_t n)
         rc = step_done(s->st[ST_COMMIT]);
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_clear_bindings(s->st[i]);
-    if (rc == SQLITE_OK)
+    if (rc == SQLITE_OK) {
+        s->purged_below = s->purge_pending;
         return 0;
+    }
     int err = map_sqlite(rc);
     if (err == BD_ERR_NOTFOUND)
         err = BD_ERR_IO;
@@ -740,6 +752,7 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     s->wake = wake;
     s->wake_ud = wake_ud;
     s->cap = queue_cap;
+    s->purged_below = -HUGE_VAL;
     s->ring = calloc(queue_cap, sizeof *s->ring);
     s->batch = calloc(queue_cap, sizeof *s->batch);
     if (!s->ring || !s->batch) {
@@ -1178,13 +1191,14 @@ int store_load_feedback_after(store *s, const char *arm_name, int64_t after_seq,
                               int (*cb)(const struct store_feedback *f, void *ud), void *ud)
 {
     sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(
-        s->rdb,
-        arm_name ? "SELECT f.seq, f.request_id, f.arm_name, " FEEDBACK_X ", f.reward, f.at_s"
-                   FEEDBACK_FROM " WHERE f.seq > ?1 AND f.arm_name = ?2 ORDER BY f.seq"
-                 : "SELECT f.seq, f.request_id, f.arm_name, " FEEDBACK_X ", f.reward, f.at_s"
-                   FEEDBACK_FROM " WHERE f.seq > ?1 ORDER BY f.seq",
-        -1, &st, NULL);
+    int rc = sqlite3_prepare_v2(s->rdb,
+                                arm_name ? "SELECT f.seq, f.request_id, f.arm_name, " FEEDBACK_X
+                                           ", f.reward, f.at_s" FEEDBACK_FROM
+                                           " WHERE f.seq > ?1 AND f.arm_name = ?2 ORDER BY f.seq"
+                                         : "SELECT f.seq, f.request_id, f.arm_name, " FEEDBACK_X
+                                           ", f.reward, f.at_s" FEEDBACK_FROM
+                                           " WHERE f.seq > ?1 ORDER BY f.seq",
+                                -1, &st, NULL);
     if (rc != SQLITE_OK)
         return map_sqlite(rc);
     sqlite3_bind_int64(st, 1, after_seq);
@@ -1268,8 +1282,8 @@ static int emit_line(cJSON *obj, FILE *out)
 static int export_rows(sqlite3 *db, FILE *out, int dim, int feedback, char *err, size_t errlen)
 {
     const char *sql =
-        feedback ? "SELECT f.seq, f.request_id, f.arm_name, " FEEDBACK_X ", f.reward, f.at_s"
-                   FEEDBACK_FROM " ORDER BY f.seq"
+        feedback ? "SELECT f.seq, f.request_id, f.arm_name, " FEEDBACK_X
+                   ", f.reward, f.at_s" FEEDBACK_FROM " ORDER BY f.seq"
                  : "SELECT id, completion_id, arm_name, x, w_q, w_c, w_l, created_s, cost_usd,"
                    " latency_ms, client FROM decisions ORDER BY created_s, rowid";
     sqlite3_stmt *st = NULL;

@@ -50,8 +50,7 @@ static void check_dim(int d, int updates, double lambda)
         /* the bound is loose (Cauchy–Schwarz) but not vacuous, and the actual
          * error is small: half precision gives ~1e-4 relative at worst */
         ck_assert_msg(q <= 0.5 * we * we + 1e-12, "d=%d: bound %.3g vs w² %.3g", d, q, we * we);
-        ck_assert_msg(dq <= 2e-3 * we * we + 1e-12, "d=%d: |Δw²| %.3g vs w² %.3g", d, dq,
-                      we * we);
+        ck_assert_msg(dq <= 2e-3 * we * we + 1e-12, "d=%d: |Δw²| %.3g vs w² %.3g", d, dq, we * we);
     }
     free(x);
     linucb_destroy(m);
@@ -121,8 +120,8 @@ START_TEST(router_argmax_is_exact)
     /* twins: the same models outside the router, scored exactly */
     linucb *twin[8];
     for (int a = 0; a < n_arms; a++) {
-        twin[a] = linucb_create(d, cfg->router.lambda, cfg->router.mu0, 1.0,
-                                cfg->router.refactor_every);
+        twin[a] =
+            linucb_create(d, cfg->router.lambda, cfg->router.mu0, 1.0, cfg->router.refactor_every);
         ck_assert_ptr_nonnull(twin[a]);
     }
     struct util_rng rng;

@@ -703,6 +703,196 @@ START_TEST(test_purge_and_pending)
 }
 END_TEST
 
+/* ---------- schema 2: features stored once ---------- */
+
+START_TEST(test_features_once)
+{
+    store *s = open_ok(DIM, 64);
+    double x[DIM], y[DIM];
+    /* a: decision committed in an earlier transaction; b: decision and feedback
+     * in the same transaction; c: no decision row (dropped); d: a decision
+     * row whose x differs from the feedback's (never trusted blindly). */
+    put_decision(s, "a", "cheap", 1, 100.0);
+    drain(s);
+    put_decision(s, "b", "cheap", 2, 101.0);
+    put_decision(s, "d", "cheap", 4, 103.0);
+    struct ack acks[4] = {{0}};
+    const char *ids[4] = {"a", "b", "c", "d"};
+    int seeds[4] = {1, 2, 3, 5};
+    for (int i = 0; i < 4; i++) {
+        make_x(x, DIM, seeds[i]);
+        ck_assert_int_eq(
+            store_put_feedback(s, ids[i], "strong", x, DIM, 0.25 * i, 200 + i, on_ack, &acks[i]),
+            0);
+    }
+    drain(s);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(acks[i].rc, 0);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback WHERE x IS NULL"), 2);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback WHERE x IS NULL AND "
+                                "request_id IN ('a','b')"),
+                     2);
+    /* Restore sees every feedback's own features, in seq order. */
+    struct collected *c = calloc(1, sizeof *c);
+    ck_assert_int_eq(store_load_feedback_after(s, NULL, 0, collect_feedback, c), 0);
+    ck_assert_int_eq(c->n, 4);
+    for (int i = 0; i < 4; i++) {
+        make_x(y, DIM, seeds[i]);
+        ck_assert_str_eq(c->ids[i], ids[i]);
+        ck_assert_str_eq(c->arms[i], "strong");
+        ck_assert_int_eq(c->seq[i], acks[i].seq);
+        ck_assert_int_eq(memcmp(c->x[i], y, sizeof y), 0);
+    }
+    /* The TTL purge keeps decisions that hold a feedback's features. */
+    ck_assert_int_eq(store_purge_expired(s, 1000.0, 10.0), 0);
+    drain(s);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions"), 3);
+    /* Later purges cover the newer range: an unanswered decision created
+     * after the first cutoff goes, answered ones stay, newer ones stay. */
+    put_decision(s, "mid", "cheap", 6, 1500.0);
+    put_decision(s, "mid-answered", "cheap", 7, 1501.0);
+    put_decision(s, "recent", "cheap", 8, 1995.0);
+    make_x(x, DIM, 7);
+    struct ack a5 = {0};
+    ck_assert_int_eq(store_put_feedback(s, "mid-answered", "cheap", x, DIM, 1, 1502, on_ack, &a5),
+                     0);
+    ck_assert_int_eq(store_purge_expired(s, 1600.0, 10.0), 0); /* cutoff 1590 */
+    ck_assert_int_eq(store_purge_expired(s, 2000.0, 10.0), 0); /* cutoff 1990 */
+    drain(s);
+    ck_assert_int_eq(a5.rc, 0);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions"), 5);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions WHERE id = 'mid'"), 0);
+    memset(c, 0, sizeof *c);
+    ck_assert_int_eq(store_load_feedback_after(s, "strong", acks[0].seq, collect_feedback, c), 0);
+    ck_assert_int_eq(c->n, 3);
+    make_x(y, DIM, 2);
+    ck_assert_int_eq(memcmp(c->x[0], y, sizeof y), 0);
+    free(c);
+    store_close(s);
+}
+END_TEST
+
+/* A completion that follows its decision in the queue is folded into it. */
+START_TEST(test_complete_folds)
+{
+    store *s = open_ok(DIM, 64);
+    put_decision(s, "f1", "cheap", 1, 100.0);
+    ck_assert_int_eq(store_complete_decision(s, "f1", "chatcmpl-1", 0.5, 12.0), 0);
+    put_decision(s, "f2", "cheap", 2, 101.0);
+    put_decision(s, "f3", "cheap", 3, 102.0);
+    ck_assert_int_eq(store_complete_decision(s, "f2", "chatcmpl-2", 0.25, 7.0), 0); /* not last */
+    ck_assert_int_eq(store_complete_decision(s, "f3", NULL, 0.125, 3.0), 0);
+    /* 3 decisions + f2's separate update; one more for f1 or f3 when the
+     * writer happened to take its decision before the completion came. */
+    struct store_stats st;
+    store_get_stats(s, &st);
+    ck_assert_uint_ge(st.enqueued, 4);
+    ck_assert_uint_le(st.enqueued, 6);
+    /* Folding happens (the writer lingers 5 ms on fire-and-forget ops). */
+    for (int i = 0; i < 20; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "g%d", i);
+        put_decision(s, id, "cheap", i, 200.0 + i);
+        ck_assert_int_eq(store_complete_decision(s, id, "c", 1.0, 1.0), 0);
+    }
+    store_get_stats(s, &st);
+    ck_assert_uint_lt(st.enqueued, 6 + 40);
+    drain(s);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions WHERE id LIKE 'g%' AND "
+                                "completion_id='c' AND cost_usd=1 AND latency_ms=1"),
+                     20);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions WHERE id='f1' AND "
+                                "completion_id='chatcmpl-1' AND cost_usd=0.5 AND latency_ms=12"),
+                     1);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions WHERE id='f2' AND "
+                                "completion_id='chatcmpl-2' AND cost_usd=0.25 AND latency_ms=7"),
+                     1);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions WHERE id='f3' AND "
+                                "completion_id IS NULL AND cost_usd=0.125 AND latency_ms=3"),
+                     1);
+    store_close(s);
+}
+END_TEST
+
+/* A schema-1 database (as written by the previous release) is migrated on
+ * open: rows, seqs and features kept, later feedback continues the seq. */
+START_TEST(test_migrate_v1)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(g_db, &db), SQLITE_OK);
+    double x[DIM];
+    make_x(x, DIM, 7);
+    char hex[DIM * 16 + 1];
+    const unsigned char *xb = (const unsigned char *)x;
+    for (size_t i = 0; i < sizeof x; i++)
+        snprintf(hex + 2 * i, 3, "%02x", xb[i]);
+    char sql[4096];
+    snprintf(
+        sql, sizeof sql,
+        "PRAGMA journal_mode=WAL; PRAGMA application_id=%d; PRAGMA user_version=1; BEGIN;"
+        "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE decisions(id TEXT PRIMARY KEY, completion_id TEXT, arm_name TEXT NOT NULL,"
+        " x BLOB NOT NULL, w_q REAL NOT NULL, w_c REAL NOT NULL, w_l REAL NOT NULL,"
+        " created_s REAL NOT NULL, cost_usd REAL NOT NULL DEFAULT 0,"
+        " latency_ms REAL NOT NULL DEFAULT 0, client INTEGER NOT NULL DEFAULT 0);"
+        "CREATE INDEX decisions_created ON decisions(created_s);"
+        "CREATE TABLE feedback(seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " request_id TEXT NOT NULL UNIQUE, arm_name TEXT NOT NULL, x BLOB NOT NULL,"
+        " reward REAL NOT NULL, at_s REAL NOT NULL);"
+        "CREATE INDEX feedback_arm ON feedback(arm_name, seq);"
+        "CREATE TABLE arm_stats(id INTEGER PRIMARY KEY AUTOINCREMENT, arm_name TEXT NOT NULL,"
+        " dim INTEGER NOT NULL, A BLOB NOT NULL, b BLOB NOT NULL, n INTEGER NOT NULL,"
+        " feedback_seq INTEGER NOT NULL, pulls INTEGER NOT NULL, feedback INTEGER NOT NULL,"
+        " reward_sum REAL NOT NULL, exp_completion_tokens REAL NOT NULL,"
+        " latency_ms REAL NOT NULL, ttfb_ms REAL NOT NULL, usage_obs INTEGER NOT NULL,"
+        " taken_at REAL NOT NULL);"
+        "CREATE INDEX arm_stats_arm ON arm_stats(arm_name, id);"
+        "INSERT INTO meta VALUES('schema_version','1'),('dim','%d'),('created','x');"
+        "INSERT INTO feedback(seq, request_id, arm_name, x, reward, at_s)"
+        " VALUES(41, 'old-1', 'cheap', X'%s', 0.5, 1.0);"
+        "COMMIT;",
+        0x42444231, DIM, hex);
+    char *msg = NULL;
+    ck_assert_msg(sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK, "%s", msg);
+    sqlite3_close(db);
+
+    store *s = open_ok(DIM, 64);
+    ck_assert_int_eq(count_rows("PRAGMA user_version"), STORE_SCHEMA_VERSION);
+    ck_assert_int_eq(count_rows("SELECT value FROM meta WHERE key='schema_version'"),
+                     STORE_SCHEMA_VERSION);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM sqlite_master WHERE name IN "
+                                "('feedback_arm','feedback_v1')"),
+                     0);
+    struct ack a = {0};
+    put_decision(s, "new-1", "cheap", 8, 100.0);
+    make_x(x, DIM, 8);
+    ck_assert_int_eq(store_put_feedback(s, "new-1", "cheap", x, DIM, 1.0, 2.0, on_ack, &a), 0);
+    drain(s);
+    ck_assert_int_eq(a.rc, 0);
+    ck_assert_int_eq(a.seq, 42);
+    struct collected *c = calloc(1, sizeof *c);
+    ck_assert_int_eq(store_load_feedback_after(s, "cheap", 0, collect_feedback, c), 0);
+    ck_assert_int_eq(c->n, 2);
+    ck_assert_int_eq(c->seq[0], 41);
+    double y[DIM];
+    make_x(y, DIM, 7);
+    ck_assert_int_eq(memcmp(c->x[0], y, sizeof y), 0);
+    ck_assert_int_eq(memcmp(c->x[1], x, sizeof x), 0);
+    free(c);
+    store_close(s);
+    /* An unknown future schema is refused, the file untouched. */
+    ck_assert_int_eq(sqlite3_open(g_db, &db), SQLITE_OK);
+    ck_assert_int_eq(
+        sqlite3_exec(db, "UPDATE meta SET value='99' WHERE key='schema_version'", 0, 0, 0), 0);
+    sqlite3_close(db);
+    store *s2 = NULL;
+    char err[512] = "";
+    ck_assert_int_eq(store_open(g_db, DIM, 0, NULL, NULL, 8, &s2, err, sizeof err), BD_ERR_INVALID);
+    ck_assert_ptr_null(s2);
+    ck_assert_msg(strstr(err, "schema version 99") != NULL, "%s", err);
+}
+END_TEST
+
 /* ---------- export ---------- */
 
 START_TEST(test_export_jsonl)
@@ -1052,6 +1242,9 @@ static Suite *store_suite(void)
     tcase_add_test(tc, test_queue_full_busy);
     tcase_add_test(tc, test_snapshot_restore);
     tcase_add_test(tc, test_purge_and_pending);
+    tcase_add_test(tc, test_features_once);
+    tcase_add_test(tc, test_complete_folds);
+    tcase_add_test(tc, test_migrate_v1);
     tcase_add_test(tc, test_export_jsonl);
     tcase_add_test(tc, test_full_disk);
     tcase_add_test(tc, test_concurrent_producer);

@@ -43,8 +43,8 @@
 #include "banditd/pref.h"
 
 #define STORE_SCHEMA_VERSION 2 /* 1 is migrated on open (docs/state.md) */
-#define STORE_ID_MAX 128  /* request/completion ids: at most 127 chars */
-#define STORE_NAME_MAX 64 /* arm names: at most 63 chars (CONFIG_NAME_MAX) */
+#define STORE_ID_MAX 128       /* request/completion ids: at most 127 chars */
+#define STORE_NAME_MAX 64      /* arm names: at most 63 chars (CONFIG_NAME_MAX) */
 
 /* store_open flags */
 #define STORE_RESET 0x1u /* delete an existing database (and its -wal/-shm) first */
@@ -126,6 +126,8 @@ struct store_stats {
  *   BD_ERR_CORRUPT, the file is left untouched (never a silent fresh start).
  * - stored dim differs from dim: BD_ERR_INVALID ("store has dim=256, config
  *   says dim=512; use --reset-state or migrate").
+ * - schema version 1: migrated to STORE_SCHEMA_VERSION in one transaction;
+ *   any other unknown version: BD_ERR_INVALID, the file untouched.
  * - flags & STORE_RESET: the database and its -wal/-shm are deleted first.
  * Returns 0 and *out, or an error with a message in err (*out = NULL). */
 int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, void *wake_ud,
@@ -164,7 +166,9 @@ int store_put_snapshot(store *s, const struct store_arm_state *arms, int n, stor
                        void *ud);
 
 /* Queue the deletion of decisions older than ttl_s at now_s (created_s <
- * now_s - ttl_s). The feedback log is kept. Returns 0, BD_ERR_BUSY or
+ * now_s - ttl_s) that have no feedback row. The feedback log is kept, and
+ * so are the decisions it refers to (schema 2 stores a feedback's features
+ * once, in its decision row: docs/state.md). Returns 0, BD_ERR_BUSY or
  * BD_ERR_NOMEM. */
 int store_purge_expired(store *s, double now_s, double ttl_s);
 

@@ -51,7 +51,20 @@ SANITIZER_PATTERNS = [
     re.compile(r"ERROR: LeakSanitizer"),
     re.compile(r"runtime error: "),  # UBSan
     re.compile(r"WARNING: ThreadSanitizer"),
+    # valgrind memcheck (tests/e2e/banditd-valgrind): errors and definite/indirect leaks
+    re.compile(r"^==\d+== (Invalid (read|write|free)|Mismatched free|Conditional jump"
+               r"|Use of uninitialised|Syscall param|Source and destination overlap"
+               r"|.* are (definitely|indirectly) lost)", re.M),
 ]
+
+
+def timeout_scale():
+    """E2E_TIMEOUT_SCALE (default 1): factor applied to the daemon's start and stop
+    timeouts, for slow runs (valgrind: see tests/README.md)."""
+    try:
+        return max(1.0, float(os.environ.get("E2E_TIMEOUT_SCALE", "1")))
+    except ValueError:
+        return 1.0
 
 
 def _cleanup():
@@ -367,6 +380,7 @@ class Banditd:
         self.stopped_rc = None
 
     def start(self, timeout=15.0):
+        timeout *= timeout_scale()
         args = [banditd_path(), "--config", self.config_path, "--listen", "127.0.0.1:0",
                 "--port-file", self.port_file]
         pre = None
@@ -442,6 +456,7 @@ class Banditd:
 
     def stop(self, sig=signal.SIGTERM, timeout=15.0):
         """Stop with `sig`; returns the exit status (negative = killed by a signal)."""
+        timeout *= timeout_scale()
         if self.proc is None:
             return None
         if self.proc.poll() is None:

@@ -13,8 +13,9 @@ that posts each answer's quality to /feedback right after it arrives:
 (plus uniform noise of +-0.05, clipped to [0,1]). The fake upstream answers
 every arm the same way (echo); only the oracle knows the qualities, so the
 router can learn them only from the feedback. With the preference
-`quality=0.8,cost=0.2` the best arm per type is the cheapest one of top quality:
-greeting -> cheap, maths -> strong, code -> coder.
+`quality=0.65,cost=0.35` the best arm per type is the cheapest one of top
+quality: greeting -> cheap, maths -> strong, code -> coder (coder is poor at
+chit-chat, so no type is a near-tie between two arms).
 
 Prompts are generated per type from templates with a seeded RNG (all distinct,
 so no two requests share a feature vector by accident), interleaved in a
@@ -23,14 +24,19 @@ random order, sent sequentially, each followed by its feedback.
 Cases:
 - converges: in the last window every type goes mostly to its best arm
   (thresholds and their justification next to the constants below), and the
-  first window is clearly not converged (the test shows learning, not a
-  lucky prior): untried arms all predict mu0, so cost decides and maths/code
-  start on the cheap arm.
+  start is clearly not converged (the test shows learning, not a lucky
+  prior): untried arms all predict mu0, so cost decides and the first maths
+  prompt never reaches the strong arm; best-arm share over the first 30 <= 0.8.
 - stats: /stats pulls and feedback counts equal what the test sent.
 - debug_scores: after learning, `X-Bandit-Debug: 1` on a maths prompt shows
-  every arm's terms and the strong arm's mean above the cheap arm's.
-Env: E2E_LEARN_N (requests, default 450), E2E_LEARN_SEED, E2E_LEARN_VERBOSE=1 prints the
-share per window of 50 requests.
+  every arm's mean/width/cost/latency/score, best first (= X-Bandit-Arm), the
+  strong arm's learned mean above the cheap arm's; no header without the flag.
+- prior_cold_start: on fresh daemons, arms[].prior_quality 0.2 keeps a
+  quality-only preference away from an untried arm that would otherwise win
+  the tie (debug header shows its lowered mean).
+The router runs with alpha = 0.3 (see ALPHA for why not the default 0.1).
+Env: E2E_LEARN_N (requests, default 450), E2E_LEARN_SEED, E2E_LEARN_ALPHA,
+E2E_LEARN_PREF; E2E_LEARN_VERBOSE=1 prints the share per window of 50 requests.
 """
 
 import os
@@ -43,9 +49,22 @@ import e2elib as E  # noqa: E402
 
 SEED = 20261128
 N = int(os.environ.get("E2E_LEARN_N", "450"))
+# Explicit weights (not a profile: profile values are being recalibrated). Cost
+# is normalised by the running mean of the priciest arm's estimate, so the
+# arms cost about 0.1 / 0.3 / 1.0 in score units: at 0.65/0.35 every type has
+# one best arm by a clear margin (>= 0.24 in score), where e.g. quality=0.9
+# would leave greetings a near-tie (cheap ahead of strong by 0.09 only).
 PREF = os.environ.get("E2E_LEARN_PREF", "quality=0.65,cost=0.35")
 KEY_ENV = "E2E_KEY_CHEAP"
-ALPHA = float(os.environ["E2E_LEARN_ALPHA"]) if os.environ.get("E2E_LEARN_ALPHA") else None
+# router.alpha: 0.3, not the default 0.1. Measured (seeds 1..6, 450 requests):
+# with alpha = 0.1 the cheap arm was starved on greetings in 2 of 6 runs
+# (greeting -> cheap 0.63 and 0.02 in the last 150) when it happened to fail a
+# few maths/code prompts first: the bias slot holds ~0.65 of every feature
+# vector's norm, so those failures pull the cheap arm's predicted quality
+# down for greetings too (1.0 -> ~0.5), and an exploration bonus of
+# 0.1 * width (~0.09) cannot win back a prompt type it was never tried on.
+# With alpha = 0.3 every run converged (see the thresholds below).
+ALPHA = float(os.environ.get("E2E_LEARN_ALPHA", "0.3"))
 
 TYPES = ("greeting", "maths", "code")
 ARMS = ("cheap", "coder", "strong")
@@ -56,21 +75,25 @@ QUALITY = {
 }
 BEST = {"greeting": "cheap", "maths": "strong", "code": "coder"}
 
-# The last LAST requests (about LAST/3 per type) are judged. Thresholds,
-# from measurements (E2E_LEARN_VERBOSE=1, seeds 1..5 and SEED, normal and
-# ASan builds; see the report in the commit that added this file): from
-# about request 150 on every window of 50 showed the best arm at 100 % for
-# maths and >= 95 % for greetings and code. The bandit keeps exploring a
-# little (UCB width, optimistic mu0 on prompts unlike the ones seen), so the
-# assertion leaves room for a few exploratory pulls per type: >= 0.9 for
-# maths (where a wrong pull costs most quality), >= 0.8 for the two others.
+# The last LAST requests (about LAST/3 per type) are judged. Measured with
+# alpha = 0.3 over seeds 1..6 and SEED (normal build; the ASan build gives
+# the same choices, the run is deterministic up to the noise RNG): the
+# lowest shares in the last 150 were greeting -> cheap 1.00, maths -> strong
+# 0.91, code -> coder 0.97; the windows of 50 reached these levels from about
+# request 150-200 on. The UCB bonus keeps exploring a little on prompts unlike
+# the ones seen (maths prompts carry fresh numbers, so maths sees the most
+# exploratory pulls), so each threshold leaves room for a few more
+# exploratory pulls than measured: 0.85 (about 7 of 50 may go elsewhere).
 LAST = 150
-MIN_SHARE = {"maths": 0.9, "greeting": 0.8, "code": 0.8}
-# The first FIRST requests: untried arms all predict mu0, so the cheapest
-# arm wins everything until its bad rewards pull its estimate down; maths
-# and code must therefore start far from their best arm.
+MIN_SHARE = {"maths": 0.85, "greeting": 0.85, "code": 0.85}
+# Learning, not a lucky prior: untried arms all predict mu0, so cost decides
+# at first and the cheapest arm gets every type until its bad rewards pull
+# its estimate down. The first maths prompt can reach the (most expensive)
+# strong arm only after feedback has made both cheaper arms look bad on it,
+# and over the first FIRST requests the best-arm share was 0.17..0.70 in the
+# same measurements (0.95+ at the end).
 FIRST = 30
-MAX_EARLY_SHARE = 0.5
+MAX_EARLY_SHARE = 0.8
 
 NAMES = ["Tom", "Ana", "Li", "Sam", "Maya", "Omar", "Ivy", "Ben", "Zoe", "Raj", "Eva", "Kai"]
 ITEMS = ["apples", "marbles", "books", "coins", "pencils", "cookies", "stamps", "cards"]
@@ -121,11 +144,11 @@ def gen_code(rng):
         "How can I make this function faster?",
     ])
     if lang == "python":
-        body = "def %s(%s):\n    out = []\n    for v in %s:\n        out.append(v)\n    %s.sort()\n" % (
-            fn, var, var, var)
+        body = ("def %s(%s):\n    out = []\n    for v in %s:\n        out.append(v)\n"
+                "    %s.sort()\n" % (fn, var, var, var))
     else:
-        body = "function %s(%s) {\n  const out = [];\n  for (const v of %s) out.push(v);\n  %s.sort();\n}\n" % (
-            fn, var, var, var)
+        body = ("function %s(%s) {\n  const out = [];\n  for (const v of %s) out.push(v);\n"
+                "  %s.sort();\n}\n" % (fn, var, var, var))
     return "%s\n```%s\n%s```" % (ask, lang, body)
 
 
@@ -150,8 +173,8 @@ def make_daemon(fake):
     ]
     # In-memory decisions: this test is about learning; the durable feedback
     # path is exercised by t_feedback_api.py (which runs both ways).
-    router = {"alpha": ALPHA} if ALPHA is not None else None
-    return E.Banditd(arms, env=E.DEFAULT_KEYS, router=router, extra={"store": {"path": ""}},
+    return E.Banditd(arms, env=E.DEFAULT_KEYS, router={"alpha": ALPHA},
+                     extra={"store": {"path": ""}},
                      log_level="warn")
 
 
@@ -210,23 +233,24 @@ def t_converges():
     if os.environ.get("E2E_LEARN_VERBOSE"):
         print("learning run: %d requests + feedback in %.1f s\n%s"
               % (len(run.rows), run.seconds, run.windows()), flush=True)
-    last = run.rows[-LAST:]
+    first, last = run.rows[:FIRST], run.rows[-LAST:]
+    early = sum(1 for (k, a) in first if a == BEST[k]) / len(first)
+    late = {k: share(last, k, BEST[k]) for k in TYPES}
+    print("  %d requests + feedback in %.1f s; best-arm share in the first %d: %.2f; "
+          "in the last %d: %s" % (len(run.rows), run.seconds, FIRST, early, LAST, ", ".join(
+              "%s->%s %.2f (n=%d)" % (k, BEST[k], late[k][0], late[k][1]) for k in TYPES)),
+          flush=True)
     for k in TYPES:
-        sh, n = share(last, k, BEST[k])
+        sh, n = late[k]
         assert n >= 20, "too few %s prompts in the last window: %d" % (k, n)
         assert sh >= MIN_SHARE[k], (
             "last %d requests: %s -> %s share %.2f < %.2f\n%s"
             % (LAST, k, BEST[k], sh, MIN_SHARE[k], run.windows()))
-    first = run.rows[:FIRST]
-    early = sum(1 for (k, a) in first if a == BEST[k]) / len(first)
-    late = sum(1 for (k, a) in last if a == BEST[k]) / len(last)
+    first_maths = next(a for (k, a) in run.rows if k == "maths")
+    assert first_maths != "strong", "the very first maths prompt went to the strong arm"
     assert early <= MAX_EARLY_SHARE, (
         "first %d requests: best-arm share %.2f already > %.2f (no learning shown)\n%s"
         % (FIRST, early, MAX_EARLY_SHARE, run.windows()))
-    print("  %d requests + feedback in %.1f s; best-arm share first %d: %.2f, last %d: %.2f; %s"
-          % (len(run.rows), run.seconds, FIRST, early, LAST, late,
-        ", ".join("%s->%s %.2f" % (k, BEST[k], share(last, k, BEST[k])[0]) for k in TYPES)),
-        flush=True)
 
 
 def t_stats():
@@ -256,17 +280,73 @@ def t_debug_scores():
     assert r.status == 200, r
     hdr = r.header("X-Bandit-Scores")
     assert hdr, "no X-Bandit-Scores: %r" % r.headers
-    terms = {}
-    for part in hdr.split(";"):
-        name, _, vals = part.partition(":")
-        nums = [float(v) for v in vals.split("/")]
-        assert len(nums) == 5, "want mean/width/cost/latency/score, got %r" % part
-        terms[name] = nums
-    assert set(terms) == set(ARMS), hdr
-    chosen = hdr.split(":", 1)[0]
-    assert chosen == r.header("X-Bandit-Arm") == "strong", (hdr, r.header("X-Bandit-Arm"))
+    terms, order = parse_scores(hdr)
+    assert all(len(v) == 5 for v in terms.values()), "want mean/width/cost/latency/score: " + hdr
+    assert sorted(order) == sorted(ARMS), hdr
+    # listed best first: the first entry is the arm that answered, scores descending
+    assert order[0] == r.header("X-Bandit-Arm"), (hdr, r.header("X-Bandit-Arm"))
+    scores = [terms[a][4] for a in order]
+    assert scores == sorted(scores, reverse=True), "not in score order: %s" % hdr
+    assert all(terms[a][1] > 0 and terms[a][3] >= 0 for a in ARMS), hdr
+    # without the debug header there is no X-Bandit-Scores
+    r2 = d.request("POST", "/v1/chat/completions",
+                   {"model": "auto", "messages": [{"role": "user", "content": text + "!"}]},
+                   headers={"X-Bandit-Preference": PREF})
+    assert r2.status == 200 and r2.header("X-Bandit-Scores") is None, r2.headers
     assert terms["strong"][0] > terms["cheap"][0] + 0.3, "learned means: %s" % hdr
     assert terms["strong"][2] > terms["coder"][2] > terms["cheap"][2] > 0, "costs: %s" % hdr
+
+
+def parse_scores(hdr):
+    """X-Bandit-Scores -> ({arm: [mean, width, cost, latency, score]}, [arms best first])."""
+    terms, order = {}, []
+    for part in hdr.split(";"):
+        name, _, vals = part.partition(":")
+        terms[name] = [float(v) for v in vals.split("/")]
+        order.append(name)
+    return terms, order
+
+
+def t_prior_cold_start():
+    """arms[].prior_quality: an untried arm with a low prior starts low.
+
+    Two arms with the same prices on a fresh daemon; "low" (listed first, so it
+    would win every tie) has prior_quality 0.2, "plain" has none. Preference
+    1 (quality only): the first requests go to "plain", and the debug header
+    shows low's mean at mu0 + (0.2 - mu0) * x[0] for this prompt, i.e. strictly
+    between 0.2 and mu0 = 1 (x[0], the bias slot, is < 1 after normalisation),
+    while plain's mean is exactly mu0. A second daemon without the prior
+    sends the same first request to "low" (the tie goes to the first arm), so
+    the prior, not the order, made the difference."""
+    fake = state["fake"]
+    text = [{"role": "user", "content": "Hello! Could you say something nice?"}]
+    for prior, want in ((0.2, "plain"), (None, "low")):
+        low = E.arm("low", fake.base_url, "fake-low", KEY_ENV, 1.0, 2.0)
+        if prior is not None:
+            low["prior_quality"] = prior
+        plain = E.arm("plain", fake.base_url, "fake-plain", KEY_ENV, 1.0, 2.0)
+        d = E.Banditd([low, plain], env=E.DEFAULT_KEYS, extra={"store": {"path": ""}},
+                      log_level="warn")
+        d.start()
+        try:
+            for i in range(3):  # no feedback: the choice stays on the prior
+                r = d.request("POST", "/v1/chat/completions",
+                              {"model": "auto", "messages": text},
+                              headers={"X-Bandit-Preference": "1", "X-Bandit-Debug": "1"})
+                assert r.status == 200, r
+                assert r.header("X-Bandit-Arm") == want, (prior, r.header("X-Bandit-Scores"))
+                terms, order = parse_scores(r.header("X-Bandit-Scores"))
+                assert order[0] == want and set(order) == {"low", "plain"}, order
+                assert abs(terms["plain"][0] - 1.0) < 1e-9, terms
+                if prior is None:
+                    assert abs(terms["low"][0] - 1.0) < 1e-9, terms
+                else:
+                    # measured 0.44..0.60 (x[0] = 0.5..0.7) on a few prompts
+                    assert 0.2 < terms["low"][0] < 0.8, terms
+                # untried arms: width sqrt(x' x / lambda) = 1 for a unit x
+                assert abs(terms["low"][1] - 1.0) < 1e-3, terms
+        finally:
+            d.finish()
 
 
 def t_learning_run():
@@ -287,6 +367,7 @@ def main():
     cases = [("learning_run", t_learning_run)]
     # the checks below read the run; without it they would only repeat its failure
     guarded = [("converges", t_converges), ("stats", t_stats), ("debug_scores", t_debug_scores)]
+    cases_after = [("prior_cold_start", t_prior_cold_start)]
 
     def need_run(fn):
         def wrapped():
@@ -294,7 +375,7 @@ def main():
             fn()
         return wrapped
 
-    cases += [(name, need_run(fn)) for name, fn in guarded]
+    cases += [(name, need_run(fn)) for name, fn in guarded] + cases_after
     E.run_tests(cases, teardown=teardown, title="t_learning")
 
 

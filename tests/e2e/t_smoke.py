@@ -29,6 +29,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BANDITD = os.environ.get("BANDITD") or os.path.join(ROOT, "build", "banditd")
 SECRET = "sk-smoke-secret-4f2a9c"
+# Slow runs (the daemon under valgrind, tests/README.md) stretch start/stop waits.
+SCALE = max(1.0, float(os.environ.get("E2E_TIMEOUT_SCALE") or 1))
 PRICES = {"strong": (5.0, 15.0), "cheap": (0.5, 1.5), "dead": (0.1, 0.1)}
 
 procs = []
@@ -122,7 +124,7 @@ def main():
     fport = wait_file(fake_pf, fake)
     base = "http://127.0.0.1:%d/v1" % fport
 
-    def arm(name, url, timeout_ms=10000):
+    def arm(name, url, timeout_ms=int(10000 * SCALE)):
         return {"name": name, "base_url": url, "model": "fake-%s-model" % name,
                 "api_key_env": "SMOKE_KEY", "price_in_per_mtok": PRICES[name][0],
                 "price_out_per_mtok": PRICES[name][1], "timeout_ms": timeout_ms,
@@ -158,7 +160,7 @@ def main():
                           "--port-file", pf], env=env,
                          stdout=so, stderr=se)
     procs.append(d)
-    port = wait_file(pf, d)
+    port = wait_file(pf, d, 10.0 * SCALE)
 
     results = []
 
@@ -217,7 +219,7 @@ def main():
         # 3000 KB of events through a 1 MiB relay buffer, read slowly at first.
         b = json.dumps({"model": "strong", "stream": True,
                         "messages": [{"role": "user", "content": "__big_stream_3000__"}]})
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30 * SCALE)
         c.request("POST", "/v1/chat/completions", body=b,
                   headers={"Content-Type": "application/json"})
         r = c.getresponse()
@@ -363,7 +365,7 @@ def main():
         assert d.poll() is None, "daemon died"
         assert req(port, "GET", "/healthz").status == 200
         d.send_signal(signal.SIGTERM)
-        rc = d.wait(timeout=10)
+        rc = d.wait(timeout=10 * SCALE)
         assert rc == 0, rc
         so.close()
         se.close()
