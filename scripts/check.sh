@@ -97,7 +97,8 @@ if want asan-build; then
 fi
 if want asan-unit; then
     if [ $asan_ok = 0 ]; then skip asan-unit "asan-build failed"; else
-        run_phase asan-unit env UNIT_LABEL=unit-asan scripts/run-unit.sh $(bins build-san); fi
+        run_phase asan-unit env UNIT_LABEL=unit-asan \
+            TEST_LINUCB_UPDATES=${TEST_LINUCB_UPDATES:-100000} scripts/run-unit.sh $(bins build-san); fi
 fi
 if want asan-e2e; then
     if [ $asan_ok = 0 ]; then skip asan-e2e "asan-build failed"; else
