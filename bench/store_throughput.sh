@@ -50,9 +50,14 @@ def chat(c, tid, i):
     return r.status, r.getheader("X-Bandit-Request-Id")
 
 
+fb_ms = {}  # port -> feedback answer times (ms)
+
+
 def feedback(c, rid):
+    t0 = time.monotonic()
     c.request("POST", "/feedback", json.dumps({"request_id": rid, "reward": 0.5}), JSON)
     f = c.getresponse(); f.read()
+    fb_ms.setdefault(c.port, []).append(1000 * (time.monotonic() - t0))
     return f.status
 
 
@@ -149,7 +154,7 @@ def measure(d, name):
 
 res = {"on": [], "off": []}
 measure(on, "on"); measure(off, "off")  # warm both up (not counted)
-cpu.clear()
+cpu.clear(); fb_ms.clear()
 for r in range(rounds):
     for name, d in (("off", off), ("on", on)) if r % 2 == 0 else (("on", on), ("off", off)):
         rate, errs = measure(d, name)
@@ -169,6 +174,11 @@ def median(v):
     return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
+for name, d in (("off", off), ("on", on)):
+    v = sorted(fb_ms.get(d.port, []))
+    if v:
+        print("feedback answer time, store %-3s: p50 %.1f ms, p90 %.1f ms"
+              % (name, v[len(v) // 2], v[int(len(v) * 0.9)]))
 m_on = median(res["on"]); m_off = median(res["off"])
 pair = median([a / b for a, b in zip(res["on"], res["off"]) if b > 0])
 print("median (%s, %d clients): store on %.1f/s, store off %.1f/s, on/off = %.3f (store cost "

@@ -83,8 +83,8 @@ print(f"{'quality retention':22}{100 * live['quality_retention']:>13.1f}%{100 * 
 print(f"{'cost saving':22}{100 * live['cost_saving']:>13.1f}%{100 * pt['cost_saving']:>11.1f}%")
 for m, sh in live["arm_share"].items():
     print(f"{'share ' + m[:16]:22}{100 * sh:>13.1f}%{100 * pt['arm_share'].get(m, 0):>11.1f}%")
-print("(live: CONC requests in flight, so each decision sees the feedback of all but the")
-print(" last few requests; replay learns after every row. See docs/results.md.)")
+print("(with CONC=1 live and replay make the same decisions; with CONC > 1 a decision")
+print(" misses the feedback of the requests still in flight. See docs/results.md.)")
 PY2
 
 echo

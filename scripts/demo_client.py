@@ -202,7 +202,8 @@ async def run(args):
                     fst = 0
                     conn.close()
                 res["fb_ok" if fst == 200 else "fb_fail"] += 1
-            if res["n"] % 200 == 0:
+            if res["n"] % 200 == 0 and res["n"] != res.get("shown"):
+                res["shown"] = res["n"]
                 progress()
         conn.close()
 

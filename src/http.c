@@ -771,9 +771,11 @@ static long answer_cost(struct req *r, char *cid, size_t cidlen)
         content_chars = r->sse.content_chars;
         snprintf(cid, cidlen, "%s", r->sse.id);
     } else if (openai_parse_usage(r->resp.data ? r->resp.data : "", r->resp.len, &pt, &ct, cid,
-                                  cidlen, &content_chars) != BD_OK) {
+                                  cidlen, NULL) != BD_OK) {
         pt = ct = -1;
         cid[0] = '\0';
+    } else if (ct < 0) { /* no usage: count the content (parses choices, so only now) */
+        openai_parse_usage(r->resp.data, r->resp.len, NULL, NULL, NULL, 0, &content_chars);
     }
     const struct metrics_banditd_arm *ma = m_arm(r, r->arm);
     if (ma && pt >= 0)

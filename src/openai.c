@@ -30,7 +30,7 @@ __attribute__((format(printf, 3, 4))) static int invalid(char *err, size_t errle
 /* Parse exactly len bytes (no NULs inside, checked by the caller) through a
  * NUL-terminated private copy, so cJSON never reads past the input. Trailing
  * garbage fails. NULL on syntax error; *oom set on allocation failure. */
-static cJSON *parse_exact(const char *s, size_t len, int *oom)
+static cJSON *parse_exact_keep(const char *s, size_t len, int *oom, char **keep)
 {
     *oom = 0;
     char *buf = malloc(len + 1);
@@ -42,8 +42,258 @@ static cJSON *parse_exact(const char *s, size_t len, int *oom)
         memcpy(buf, s, len);
     buf[len] = '\0';
     cJSON *root = cJSON_ParseWithLengthOpts(buf, len + 1, NULL, 1);
-    free(buf);
+    if (keep && root)
+        *keep = buf; /* the caller owns the copy */
+    else
+        free(buf);
     return root;
+}
+
+static cJSON *parse_exact(const char *s, size_t len, int *oom)
+{
+    return parse_exact_keep(s, len, oom, NULL);
+}
+
+/* ---- A strict JSON scanner (no allocation) for the fast paths ----
+ *
+ * It walks RFC 8259 JSON and reports where values start and end, so the hot
+ * path can splice the request and read the answer's usage without building
+ * (or printing) a whole cJSON tree. It is deliberately stricter than cJSON:
+ * whatever it does not accept (non-strict syntax, control bytes or NULs in
+ * strings, lone surrogate escapes, nesting deeper than SCAN_MAX_DEPTH, keys
+ * written with escapes) makes the caller fall back to the cJSON path, so a
+ * fast answer is always the answer the cJSON path would give. */
+
+#define SCAN_MAX_DEPTH 64
+
+/* Bytes that stop the run of plain string bytes: '"', '\\' and controls. */
+static const unsigned char str_stop[256] = {
+    [0x00] = 1, [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x04] = 1, [0x05] = 1, [0x06] = 1,
+    [0x07] = 1, [0x08] = 1, [0x09] = 1, [0x0a] = 1, [0x0b] = 1, [0x0c] = 1, [0x0d] = 1,
+    [0x0e] = 1, [0x0f] = 1, [0x10] = 1, [0x11] = 1, [0x12] = 1, [0x13] = 1, [0x14] = 1,
+    [0x15] = 1, [0x16] = 1, [0x17] = 1, [0x18] = 1, [0x19] = 1, [0x1a] = 1, [0x1b] = 1,
+    [0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1, ['"'] = 1,  ['\\'] = 1,
+};
+
+static const char *scan_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t'))
+        p++;
+    return p;
+}
+
+/* Four hex digits at p (p + 4 <= end checked by the caller); -1 if not hex. */
+static long scan_hex4(const char *p)
+{
+    long v = 0;
+    for (int i = 0; i < 4; i++) {
+        char ch = p[i];
+        int d = ch >= '0' && ch <= '9'   ? ch - '0'
+                : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                         : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* p at the opening '"'. Returns the byte after the closing '"', or NULL.
+ * *esc is set when the string contains an escape. */
+static const char *scan_string(const char *p, const char *end, int *esc)
+{
+    assert(p < end && *p == '"');
+    p++;
+    *esc = 0;
+    for (;;) {
+        while (p < end && !str_stop[(unsigned char)*p])
+            p++;
+        if (p >= end)
+            return NULL;
+        if (*p == '"')
+            return p + 1;
+        if (*p != '\\')
+            return NULL; /* a raw control byte (cJSON would take it; we leave it to cJSON) */
+        *esc = 1;
+        if (end - p < 2)
+            return NULL;
+        char e = p[1];
+        if (e == 'u') {
+            if (end - p < 6)
+                return NULL;
+            long u = scan_hex4(p + 2);
+            if (u < 0 || (u >= 0xDC00 && u <= 0xDFFF))
+                return NULL;
+            p += 6;
+            if (u >= 0xD800 && u <= 0xDBFF) { /* a high surrogate needs its low half */
+                if (end - p < 6 || p[0] != '\\' || p[1] != 'u')
+                    return NULL;
+                long lo = scan_hex4(p + 2);
+                if (lo < 0xDC00 || lo > 0xDFFF)
+                    return NULL;
+                p += 6;
+            }
+        } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' ||
+                   e == 'r' || e == 't') {
+            p += 2;
+        } else {
+            return NULL;
+        }
+    }
+}
+
+static const char *scan_digits(const char *p, const char *end)
+{
+    const char *s = p;
+    while (p < end && *p >= '0' && *p <= '9')
+        p++;
+    return p == s ? NULL : p;
+}
+
+/* -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)? */
+static const char *scan_number(const char *p, const char *end)
+{
+    if (p < end && *p == '-')
+        p++;
+    if (p < end && *p == '0')
+        p++;
+    else if (!(p = scan_digits(p, end)))
+        return NULL;
+    if (p < end && *p == '.' && !(p = scan_digits(p + 1, end)))
+        return NULL;
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        if (!(p = scan_digits(p, end)))
+            return NULL;
+    }
+    return p;
+}
+
+static const char *scan_lit(const char *p, const char *end, const char *lit, size_t n)
+{
+    return (size_t)(end - p) >= n && memcmp(p, lit, n) == 0 ? p + n : NULL;
+}
+
+static const char *scan_value(const char *p, const char *end, int depth);
+
+/* p at '{' or '['. Returns the byte after the matching close, or NULL. */
+static const char *scan_container(const char *p, const char *end, int depth)
+{
+    if (depth >= SCAN_MAX_DEPTH)
+        return NULL;
+    char close = *p == '{' ? '}' : ']';
+    int obj = *p == '{';
+    p = scan_ws(p + 1, end);
+    if (p < end && *p == close)
+        return p + 1;
+    for (;;) {
+        if (obj) {
+            int esc;
+            if (p >= end || *p != '"' || !(p = scan_string(p, end, &esc)))
+                return NULL;
+            p = scan_ws(p, end);
+            if (p >= end || *p != ':')
+                return NULL;
+            p = scan_ws(p + 1, end);
+        }
+        if (!(p = scan_value(p, end, depth + 1)))
+            return NULL;
+        p = scan_ws(p, end);
+        if (p >= end)
+            return NULL;
+        if (*p == close)
+            return p + 1;
+        if (*p != ',')
+            return NULL;
+        p = scan_ws(p + 1, end);
+    }
+}
+
+/* p at the first byte of a value (no leading whitespace). */
+static const char *scan_value(const char *p, const char *end, int depth)
+{
+    if (p >= end)
+        return NULL;
+    int esc;
+    switch (*p) {
+    case '"':
+        return scan_string(p, end, &esc);
+    case '{':
+    case '[':
+        return scan_container(p, end, depth);
+    case 't':
+        return scan_lit(p, end, "true", 4);
+    case 'f':
+        return scan_lit(p, end, "false", 5);
+    case 'n':
+        return scan_lit(p, end, "null", 4);
+    default:
+        return scan_number(p, end);
+    }
+}
+
+/* A member's value found by scan_members: [v, vend); v == NULL if absent. */
+struct span {
+    const char *v, *vend;
+    int esc; /* string value with escapes */
+};
+
+/* Walk the object at p ('{'), strictly, recording the value span of the
+ * FIRST member named keys[i] (cJSON's lookup returns the first too) in
+ * out[i]. *close gets the position of the closing '}'. Returns 0, or -1 when
+ * the scanner is unsure (see above) — including any key with an escape, which
+ * cJSON would decode before comparing. */
+static int scan_members(const char *p, const char *end, const char *const *keys, size_t nkeys,
+                        struct span *out, const char **close)
+{
+    for (size_t i = 0; i < nkeys; i++)
+        out[i].v = out[i].vend = NULL;
+    if (p >= end || *p != '{')
+        return -1;
+    p = scan_ws(p + 1, end);
+    if (p < end && *p == '}') {
+        *close = p;
+        return 0;
+    }
+    for (;;) {
+        int esc;
+        const char *k = p;
+        if (p >= end || *p != '"' || !(p = scan_string(p, end, &esc)) || esc)
+            return -1;
+        size_t klen = (size_t)(p - k) - 2;
+        p = scan_ws(p, end);
+        if (p >= end || *p != ':')
+            return -1;
+        p = scan_ws(p + 1, end);
+        const char *v = p;
+        int vesc = 0;
+        if (p < end && *p == '"')
+            p = scan_string(p, end, &vesc);
+        else
+            p = scan_value(p, end, 1);
+        if (!p)
+            return -1;
+        for (size_t i = 0; i < nkeys; i++) {
+            if (!out[i].v && strlen(keys[i]) == klen && memcmp(keys[i], k + 1, klen) == 0) {
+                out[i].v = v;
+                out[i].vend = p;
+                out[i].esc = vesc;
+            }
+        }
+        p = scan_ws(p, end);
+        if (p >= end)
+            return -1;
+        if (*p == '}') {
+            *close = p;
+            return 0;
+        }
+        if (*p != ',')
+            return -1;
+        p = scan_ws(p + 1, end);
+    }
 }
 
 static const cJSON *member(const cJSON *obj, const char *key)
@@ -222,14 +472,19 @@ int openai_chat_parse(const char *body, size_t len, struct openai_chat *out, cha
         return invalid(err, errlen, "the request body is nested deeper than %d levels",
                        OPENAI_MAX_DEPTH);
     int oom;
-    cJSON *root = parse_exact(body, len, &oom);
+    char *src = NULL;
+    cJSON *root = parse_exact_keep(body, len, &oom, &src);
     if (!root) {
         if (oom)
             return BD_ERR_NOMEM;
         return invalid(err, errlen, "the request body is not valid JSON");
     }
     int rc = validate(root, out, err, errlen, param);
-    if (rc) {
+    if (rc == 0) {
+        out->src = src;
+        out->src_len = len;
+    } else {
+        free(src);
         cJSON_Delete(root);
         memset(out, 0, sizeof *out);
         out->max_tokens = -1;
@@ -242,6 +497,7 @@ void openai_chat_free(struct openai_chat *c)
     if (!c)
         return;
     cJSON_Delete(c->root);
+    free(c->src);
     memset(c, 0, sizeof *c);
     c->max_tokens = -1;
 }
@@ -265,7 +521,165 @@ static void unswap_member(cJSON *obj, const char *key, cJSON *orig)
         cJSON_AddItemToArray(obj, orig);
 }
 
+/* Bytes of s as the body of a JSON string (cJSON's escaping: '"', '\\',
+ * \b \f \n \r \t, other controls as \u00XX; everything else verbatim).
+ * Writes to dst when non-NULL; returns the length either way. */
+static size_t json_escape_to(char *dst, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        char tmp[6];
+        size_t k = 0;
+        switch (*p) {
+        case '"':
+        case '\\':
+            tmp[k++] = '\\';
+            tmp[k++] = (char)*p;
+            break;
+        case '\b':
+            tmp[k++] = '\\', tmp[k++] = 'b';
+            break;
+        case '\f':
+            tmp[k++] = '\\', tmp[k++] = 'f';
+            break;
+        case '\n':
+            tmp[k++] = '\\', tmp[k++] = 'n';
+            break;
+        case '\r':
+            tmp[k++] = '\\', tmp[k++] = 'r';
+            break;
+        case '\t':
+            tmp[k++] = '\\', tmp[k++] = 't';
+            break;
+        default:
+            if (*p < 0x20) {
+                memcpy(tmp, "\\u00", 4);
+                tmp[4] = hex[*p >> 4];
+                tmp[5] = hex[*p & 15];
+                k = 6;
+            } else {
+                tmp[k++] = (char)*p;
+            }
+        }
+        if (dst)
+            memcpy(dst + n, tmp, k);
+        n += k;
+    }
+    return n;
+}
+
+/* One splice: replace src[from, to) by the literal `lit` or, when lit is
+ * NULL, by the JSON string of `str` (quotes included). */
+struct edit {
+    size_t from, to;
+    const char *lit;
+    const char *str;
+};
+
+static size_t edit_len(const struct edit *e)
+{
+    return e->lit ? strlen(e->lit) : json_escape_to(NULL, e->str) + 2;
+}
+
+/* The splice path of openai_chat_rewrite: c->src with the "model" value
+ * replaced in place and, for streams, stream_options.include_usage set by
+ * replacing or inserting a few bytes. Every other byte is the client's.
+ * Returns NULL with *unsure set when the scanner leaves it to cJSON (see
+ * scan_members), NULL with *unsure clear on OOM. */
+static char *rewrite_splice(const struct openai_chat *c, const char *model, size_t *len_out,
+                            int *unsure)
+{
+    *unsure = 1;
+    if (!c->src)
+        return NULL;
+    const char *src = c->src, *end = c->src + c->src_len;
+    static const char *const top_keys[] = {"model", "stream_options"};
+    struct span top[2];
+    const char *close;
+    const char *p = scan_ws(src, end);
+    if (scan_members(p, end, top_keys, 2, top, &close) != 0 || scan_ws(close + 1, end) != end)
+        return NULL;
+    if (!top[0].v || *top[0].v != '"')
+        return NULL; /* cannot happen after validation; leave it to cJSON */
+    struct edit ed[2];
+    size_t ne = 0;
+    ed[ne++] = (struct edit){(size_t)(top[0].v - src), (size_t)(top[0].vend - src), NULL, model};
+    if (c->stream) {
+        const struct span *so = &top[1];
+        if (!so->v) { /* no stream_options: add one before the closing brace */
+            size_t at = (size_t)(close - src);
+            ed[ne++] = (struct edit){at, at, ",\"stream_options\":{\"include_usage\":true}", NULL};
+        } else if (*so->v == 'n') { /* null */
+            ed[ne++] = (struct edit){(size_t)(so->v - src), (size_t)(so->vend - src),
+                                     "{\"include_usage\":true}", NULL};
+        } else {
+            static const char *const so_keys[] = {"include_usage"};
+            struct span iu;
+            const char *so_close;
+            if (scan_members(so->v, so->vend, so_keys, 1, &iu, &so_close) != 0)
+                return NULL;
+            if (iu.v) {
+                ed[ne++] = (struct edit){(size_t)(iu.v - src), (size_t)(iu.vend - src), "true",
+                                         NULL};
+            } else {
+                size_t at = (size_t)(so->v - src) + 1; /* just after '{' */
+                int empty = scan_ws(so->v + 1, so->vend) == so_close;
+                ed[ne++] = (struct edit){at, at,
+                                         empty ? "\"include_usage\":true" : "\"include_usage\":true,",
+                                         NULL};
+            }
+        }
+    }
+    if (ne == 2 && ed[1].from < ed[0].from) {
+        struct edit t = ed[0];
+        ed[0] = ed[1];
+        ed[1] = t;
+    }
+    assert(ne < 2 || ed[0].to <= ed[1].from);
+    size_t total = c->src_len;
+    for (size_t i = 0; i < ne; i++)
+        total += edit_len(&ed[i]) - (ed[i].to - ed[i].from);
+    *unsure = 0;
+    char *out = malloc(total + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0, at = 0;
+    for (size_t i = 0; i < ne; i++) {
+        memcpy(out + o, src + at, ed[i].from - at);
+        o += ed[i].from - at;
+        if (ed[i].lit) {
+            size_t n = strlen(ed[i].lit);
+            memcpy(out + o, ed[i].lit, n);
+            o += n;
+        } else {
+            out[o++] = '"';
+            o += json_escape_to(out + o, ed[i].str);
+            out[o++] = '"';
+        }
+        at = ed[i].to;
+    }
+    memcpy(out + o, src + at, c->src_len - at);
+    o += c->src_len - at;
+    assert(o == total);
+    out[o] = '\0';
+    if (len_out)
+        *len_out = o;
+    return out;
+}
+
 char *openai_chat_rewrite(struct openai_chat *c, const char *upstream_model, size_t *len_out)
+{
+    assert(c != NULL && c->root != NULL && upstream_model != NULL);
+    int unsure;
+    char *fast = rewrite_splice(c, upstream_model, len_out, &unsure);
+    if (fast || !unsure)
+        return fast;
+    return openai_chat_rewrite_print(c, upstream_model, len_out);
+}
+
+char *openai_chat_rewrite_print(struct openai_chat *c, const char *upstream_model,
+                                size_t *len_out)
 {
     assert(c != NULL && c->root != NULL && upstream_model != NULL);
     /* Mutate the tree only for the duration of the print and restore it, so
@@ -381,6 +795,67 @@ static void copy_id(const cJSON *root, char *dst, size_t n)
     snprintf(dst, n, "%s", id->valuestring);
 }
 
+static size_t choices_chars(const cJSON *choices)
+{
+    size_t n = 0;
+    const cJSON *ch;
+    cJSON_ArrayForEach(ch, choices)
+    {
+        n += content_chars(member(member(ch, "message"), "content"));
+    }
+    return n;
+}
+
+/* Parse just the value [v, vend) with cJSON (it is strict JSON already). */
+static cJSON *parse_span(const struct span *sp, int *oom)
+{
+    return parse_exact(sp->v, (size_t)(sp->vend - sp->v), oom);
+}
+
+/* The fast path of openai_parse_usage. Returns 0 or BD_ERR_NOMEM with the
+ * outputs set, or 1 when the full parse must decide. */
+static int usage_scan(const char *body, size_t len, long *pt, long *ct, char *id_out, size_t idlen,
+                      size_t *cc)
+{
+    const char *end = body + len, *close;
+    static const char *const keys[] = {"id", "usage", "choices"};
+    struct span sp[3];
+    const char *p = scan_ws(body, end);
+    if (scan_members(p, end, keys, cc ? 3 : 2, sp, &close) != 0 || scan_ws(close + 1, end) != end)
+        return 1;
+    int oom = 0;
+    if (id_out && idlen && sp[0].v && *sp[0].v == '"') {
+        if (!sp[0].esc) { /* no escapes: the bytes are the value (snprintf-like cut) */
+            size_t n = (size_t)(sp[0].vend - sp[0].v) - 2;
+            if (n > idlen - 1)
+                n = idlen - 1;
+            memcpy(id_out, sp[0].v + 1, n);
+            id_out[n] = '\0';
+        } else {
+            cJSON *id = parse_span(&sp[0], &oom);
+            if (cJSON_IsString(id))
+                snprintf(id_out, idlen, "%s", id->valuestring);
+            cJSON_Delete(id);
+        }
+    }
+    if (sp[1].v && *sp[1].v == '{' && (pt || ct)) {
+        cJSON *usage = parse_span(&sp[1], &oom);
+        if (cJSON_IsObject(usage)) {
+            if (pt)
+                *pt = token_count(usage, "prompt_tokens");
+            if (ct)
+                *ct = token_count(usage, "completion_tokens");
+        }
+        cJSON_Delete(usage);
+    }
+    if (cc && sp[2].v && (*sp[2].v == '[' || *sp[2].v == '{')) { /* cJSON iterates both */
+        cJSON *choices = parse_span(&sp[2], &oom);
+        *cc = choices_chars(choices);
+        cJSON_Delete(choices);
+    }
+    return oom ? BD_ERR_NOMEM : 0;
+}
+
 int openai_parse_usage(const char *body, size_t len, long *prompt_tokens, long *completion_tokens,
                        char *id_out, size_t idlen, size_t *content_chars_out)
 {
@@ -392,7 +867,13 @@ int openai_parse_usage(const char *body, size_t len, long *prompt_tokens, long *
         id_out[0] = '\0';
     if (content_chars_out)
         *content_chars_out = 0;
-    if (!body || len == 0 || util_json_prescan(body, len, 1000) != 0)
+    if (!body || len == 0)
+        return BD_ERR_INVALID;
+    int fast = usage_scan(body, len, prompt_tokens, completion_tokens, id_out, idlen,
+                          content_chars_out);
+    if (fast != 1)
+        return fast;
+    if (util_json_prescan(body, len, 1000) != 0)
         return BD_ERR_INVALID;
     int oom;
     cJSON *root = parse_exact(body, len, &oom);
@@ -411,15 +892,8 @@ int openai_parse_usage(const char *body, size_t len, long *prompt_tokens, long *
         if (completion_tokens)
             *completion_tokens = token_count(usage, "completion_tokens");
     }
-    if (content_chars_out) {
-        size_t n = 0;
-        const cJSON *ch;
-        cJSON_ArrayForEach(ch, member(root, "choices"))
-        {
-            n += content_chars(member(member(ch, "message"), "content"));
-        }
-        *content_chars_out = n;
-    }
+    if (content_chars_out)
+        *content_chars_out = choices_chars(member(root, "choices"));
     cJSON_Delete(root);
     return 0;
 }

@@ -57,6 +57,7 @@ struct opts {
     const char *data, *config, *warmup, *prices, *plot, *out;
     const char *warmup_export, *warmup_map; /* `banditd export` dump; arm=model,... */
     int have_pref, sweep, jobs, sweep_tol;
+    int ptok_logged;  /* --prompt-tokens logged: decide on the data's prompt_tokens */
     const char *pref; /* an X-Bandit-Preference value */
     size_t limit;     /* measure only the first N shuffled rows (0 = all) */
     uint64_t seed;
@@ -212,6 +213,7 @@ static void usage(FILE *f)
                "         [--preference W | --sweep N] [--seed S] [--warmup FILE2]\n"
                "         [--format table|json|csv] [--prices FILE] [--plot FILE.svg]\n"
                "         [--jobs N] [--out FILE] [--sweep-form scalar|tolerance] [--limit N]\n"
+               "         [--prompt-tokens estimate|logged]\n"
                "  --config FILE   router settings (its arms are ignored: the arms are the\n"
                "                  data's models, priced from --prices)\n"
                "  --preference P  an X-Bandit-Preference value: a weight on quality in [0,1],\n"
@@ -221,6 +223,11 @@ static void usage(FILE *f)
                "  --sweep-form F  scalar (default): point k is the weight k/(N-1);\n"
                "                  tolerance: point k is tolerance=0.5*(1-k/(N-1))^2\n"
                "  --limit N       measure only the first N rows of the shuffled order\n"
+               "  --prompt-tokens estimate (default): the router prices each prompt as the\n"
+               "                  daemon does (its text's bytes / 4), so that replay decides\n"
+               "                  like the daemon fed the same prompts; logged: it uses the\n"
+               "                  data's prompt_tokens (which may count text the prompt lacks,\n"
+               "                  e.g. RouteLLM GSM8K's few-shot prefix)\n"
                "  --seed S        shuffle seed (default 1)\n"
                "  --warmup FILE2  learn on every row of FILE2 first, then measure on --data\n"
                "  --warmup-export DUMP  first apply every feedback row (arm, x, reward) of a\n"
@@ -297,6 +304,15 @@ static int parse_opts(int argc, char **argv, struct opts *o)
                 o->sweep_tol = 1;
             else {
                 fprintf(stderr, "replay: --sweep-form: one of scalar, tolerance\n");
+                return -1;
+            }
+        } else if (strcmp(a, "--prompt-tokens") == 0) {
+            if (strcmp(v, "estimate") == 0)
+                o->ptok_logged = 0;
+            else if (strcmp(v, "logged") == 0)
+                o->ptok_logged = 1;
+            else {
+                fprintf(stderr, "replay: --prompt-tokens: one of estimate, logged\n");
                 return -1;
             }
         } else if (strcmp(a, "--limit") == 0) {
@@ -434,11 +450,13 @@ static int rowset_build(struct ctx *c, const dataset *ds, const int *map, uint64
         /* The daemon's estimate for this prompt sent as the only user message
          * (http.c: openai_estimate_tokens of the message text), not the logged
          * count: the router must decide on what a live request shows it. The
-         * logged counts can be far larger (RouteLLM's MMLU/GSM8K rows were sent
-         * with a few-shot prefix that is not stored; data README) and made
-         * replay price GPT-4 calls the daemon cannot see; the measured cost
-         * stays the logged cost_usd. */
-        s->ptok[n] = openai_estimate_tokens(strlen(row->prompt));
+         * logged counts can be far larger (RouteLLM's GSM8K rows count a
+         * ~950-token few-shot prefix, MT-Bench rows earlier turns, neither
+         * stored) and let replay price calls the daemon cannot see; the
+         * measured cost stays the logged cost_usd. --prompt-tokens logged
+         * restores that setting ("as if each request carried the billed text"). */
+        s->ptok[n] = c->o->ptok_logged ? dataset_outcome(row, map[0])->prompt_tokens
+                                       : openai_estimate_tokens(strlen(row->prompt));
         for (size_t a = 0; a < A; a++) {
             const struct dataset_outcome *oc = dataset_outcome(row, map[a]);
             s->q[n * A + a] = oc->quality;
@@ -1006,6 +1024,7 @@ static cJSON *report_json(const struct ctx *c, const struct res *rr, const struc
     cJSON_AddNumberToObject(rj, "lambda", c->cfg->router.lambda);
     cJSON_AddNumberToObject(rj, "mu0", c->cfg->router.mu0);
     cJSON_AddNumberToObject(rj, "dim", c->cfg->router.dim);
+    cJSON_AddStringToObject(rj, "prompt_tokens", c->o->ptok_logged ? "logged" : "estimate");
     cJSON *pts = cJSON_AddArrayToObject(root, "points");
     for (int k = 0; k < n; k++) {
         cJSON *p = point_json(c, &rr[k], b);

@@ -16,11 +16,14 @@
 #include <curl/curl.h>
 
 #define UPSTREAM_MAX_EVENTS 512
+#define UPSTREAM_POOL_MAX 64 /* finished calls kept for reuse (easy handle + headers) */
 
 struct upstream_call {
     upstream *u;
     CURL *easy;
     struct curl_slist *headers;
+    char *hdr_key; /* api key `headers` were built for ("" none); owned */
+    int hdr_stream; /* and the stream flag */
     struct upstream_cbs cb;
     void *ud;
     long status; /* status of the latest status line */
@@ -58,12 +61,16 @@ struct upstream {
     int n_ev;               /* events from the last upstream_poll */
     double ttfb_next_ms;    /* earliest ttfb deadline of any call, <0 none */
     struct upstream_timer *timers; /* pending one-shot timers (few) */
+    struct upstream_call *pool;    /* finished calls for reuse, linked by next */
+    size_t n_pool;
 };
 
+/* socketp (curl_multi_assign) marks a socket as in our epoll set, so each
+ * change is one epoll_ctl: ADD the first time, MOD afterwards, DEL on remove
+ * (curl forgets socketp then). */
 static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 {
     (void)easy;
-    (void)socketp;
     upstream *u = userp;
     if (what == CURL_POLL_REMOVE) {
         epoll_ctl(u->epfd, EPOLL_CTL_DEL, s, NULL); /* may already be closed: fine */
@@ -72,9 +79,16 @@ static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *soc
     struct epoll_event e = {0};
     e.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
     e.data.fd = s;
-    if (epoll_ctl(u->epfd, EPOLL_CTL_MOD, s, &e) != 0 &&
-        epoll_ctl(u->epfd, EPOLL_CTL_ADD, s, &e) != 0)
+    if (socketp) {
+        if (epoll_ctl(u->epfd, EPOLL_CTL_MOD, s, &e) == 0)
+            return 0;
+        if (errno != ENOENT) /* ENOENT: the fd was closed and reused behind our back */
+            return -1;
+    }
+    if (epoll_ctl(u->epfd, EPOLL_CTL_ADD, s, &e) != 0 &&
+        (errno != EEXIST || epoll_ctl(u->epfd, EPOLL_CTL_MOD, s, &e) != 0))
         return -1;
+    curl_multi_assign(u->multi, s, u); /* any non-NULL marker */
     return 0;
 }
 
@@ -133,13 +147,119 @@ static void call_unlink(upstream *u, upstream_call *c)
     u->n_calls--;
 }
 
+static void call_destroy(upstream_call *c)
+{
+    curl_easy_cleanup(c->easy);
+    curl_slist_free_all(c->headers);
+    free(c->hdr_key);
+    free(c);
+}
+
+/* A finished or cancelled call: its easy handle (reset, so no option of this
+ * call leaks into the next) and header list go back to the pool. Connections
+ * live in the multi handle's cache either way. */
 static void call_free(upstream *u, upstream_call *c)
 {
     call_unlink(u, c);
     curl_multi_remove_handle(u->multi, c->easy);
-    curl_easy_cleanup(c->easy);
+    if (u->n_pool >= UPSTREAM_POOL_MAX) {
+        call_destroy(c);
+        return;
+    }
+    curl_easy_reset(c->easy);
+    c->next = u->pool;
+    u->pool = c;
+    u->n_pool++;
+}
+
+/* A call from the pool or a new one; NULL on OOM. Its headers (if any) are
+ * those of an earlier call and are checked by call_headers. */
+static upstream_call *call_get(upstream *u)
+{
+    upstream_call *c = u->pool;
+    if (c) {
+        u->pool = c->next;
+        u->n_pool--;
+    } else {
+        c = calloc(1, sizeof *c);
+        if (!c)
+            return NULL;
+        c->easy = curl_easy_init();
+        if (!c->easy) {
+            free(c);
+            return NULL;
+        }
+    }
+    CURL *easy = c->easy;
+    struct curl_slist *headers = c->headers;
+    char *hdr_key = c->hdr_key;
+    int hdr_stream = c->hdr_stream;
+    memset(c, 0, sizeof *c);
+    c->easy = easy;
+    c->headers = headers;
+    c->hdr_key = hdr_key;
+    c->hdr_stream = hdr_stream;
+    return c;
+}
+
+/* Make c->headers the request headers for (stream, api_key), reusing the
+ * pooled list when it was built for the same. 0 or BD_ERR_NOMEM. */
+static int call_headers(upstream_call *c, int stream, const char *api_key)
+{
+    const char *key = api_key ? api_key : "";
+    if (c->headers && c->hdr_key && c->hdr_stream == stream && strcmp(c->hdr_key, key) == 0)
+        return BD_OK;
     curl_slist_free_all(c->headers);
-    free(c);
+    c->headers = NULL;
+    free(c->hdr_key);
+    c->hdr_key = NULL;
+    struct curl_slist *h = NULL, *t;
+    const char *hdrs[] = {"Content-Type: application/json",
+                          stream ? "Accept: text/event-stream" : "Accept: application/json",
+                          "Expect:"};
+    for (size_t i = 0; i < sizeof hdrs / sizeof hdrs[0]; i++) {
+        t = curl_slist_append(h, hdrs[i]);
+        if (!t)
+            goto nomem;
+        h = t;
+    }
+    if (key[0]) {
+        struct util_buf ab;
+        util_buf_init(&ab, 8192);
+        if (util_buf_printf(&ab, "Authorization: Bearer %s", key) != 0) {
+            util_buf_free(&ab);
+            goto nomem;
+        }
+        t = curl_slist_append(h, ab.data);
+        /* Scrub the key from our temporary copy. */
+        memset(ab.data, 0, ab.len);
+        util_buf_free(&ab);
+        if (!t)
+            goto nomem;
+        h = t;
+    }
+    c->hdr_key = strdup(key);
+    if (!c->hdr_key)
+        goto nomem;
+    c->headers = h;
+    c->hdr_stream = stream;
+    return BD_OK;
+nomem:
+    curl_slist_free_all(h);
+    return BD_ERR_NOMEM;
+}
+
+/* Back to the pool after a failed start (never added to the multi). */
+static void call_unget(upstream *u, upstream_call *c)
+{
+    if (u->n_pool >= UPSTREAM_POOL_MAX) {
+        call_destroy(c);
+        return;
+    }
+    curl_easy_reset(c->easy);
+    c->next = u->pool;
+    u->pool = c;
+    u->n_pool++;
 }
 
 void upstream_destroy(upstream *u)
@@ -152,6 +272,11 @@ void upstream_destroy(upstream *u)
         struct upstream_timer *t = u->timers;
         u->timers = t->next;
         free(t);
+    }
+    while (u->pool) {
+        upstream_call *c = u->pool;
+        u->pool = c->next;
+        call_destroy(c);
     }
     curl_multi_cleanup(u->multi);
     close(u->epfd);
@@ -236,7 +361,7 @@ int upstream_start(upstream *u, const struct upstream_req *rq, const struct upst
                    void *ud, upstream_call **out)
 {
     assert(u && rq && rq->url && cb && cb->on_data && cb->on_done && out);
-    upstream_call *c = calloc(1, sizeof *c);
+    upstream_call *c = call_get(u);
     if (!c)
         return BD_ERR_NOMEM;
     c->u = u;
@@ -245,37 +370,10 @@ int upstream_start(upstream *u, const struct upstream_req *rq, const struct upst
     c->t_first_byte_ms = -1;
     c->ttfb_deadline_ms = -1;
     c->retry_after_ms = -1;
-    c->easy = curl_easy_init();
-    if (!c->easy) {
-        free(c);
+    if (call_headers(c, rq->stream != 0, rq->api_key) != BD_OK) {
+        call_unget(u, c);
         return BD_ERR_NOMEM;
     }
-    struct curl_slist *h = NULL, *t;
-    const char *hdrs[] = {"Content-Type: application/json",
-                          rq->stream ? "Accept: text/event-stream" : "Accept: application/json",
-                          "Expect:"};
-    for (size_t i = 0; i < sizeof hdrs / sizeof hdrs[0]; i++) {
-        t = curl_slist_append(h, hdrs[i]);
-        if (!t)
-            goto nomem;
-        h = t;
-    }
-    if (rq->api_key && rq->api_key[0]) {
-        struct util_buf ab;
-        util_buf_init(&ab, 8192);
-        if (util_buf_printf(&ab, "Authorization: Bearer %s", rq->api_key) != 0) {
-            util_buf_free(&ab);
-            goto nomem;
-        }
-        t = curl_slist_append(h, ab.data);
-        /* Scrub the key from our temporary copy. */
-        memset(ab.data, 0, ab.len);
-        util_buf_free(&ab);
-        if (!t)
-            goto nomem;
-        h = t;
-    }
-    c->headers = h;
     CURL *e = c->easy;
     int bad = 0;
     bad |= curl_easy_setopt(e, CURLOPT_URL, rq->url) != CURLE_OK;
@@ -315,15 +413,8 @@ int upstream_start(upstream *u, const struct upstream_req *rq, const struct upst
     }
     *out = c;
     return BD_OK;
-nomem:
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c->easy);
-    free(c);
-    return BD_ERR_NOMEM;
 refused:
-    curl_slist_free_all(c->headers);
-    curl_easy_cleanup(c->easy);
-    free(c);
+    call_unget(u, c);
     return BD_ERR_UPSTREAM;
 }
 

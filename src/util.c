@@ -5,6 +5,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,20 +27,58 @@ double util_wall_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* Randomness for ids comes from getrandom in 4 KiB batches (256 ids per
+ * system call instead of one), kept per thread so no lock is needed. Bytes
+ * are used once and wiped as they are handed out. A forked child drops what
+ * its parent had buffered (pthread_atfork), so the two never share ids. */
+#define RANDOM_BATCH 4096
+static _Thread_local unsigned char rnd_buf[RANDOM_BATCH];
+static _Thread_local size_t rnd_left; /* unused bytes at the end of rnd_buf */
+static pthread_once_t rnd_once = PTHREAD_ONCE_INIT;
+
+static void rnd_forget(void)
+{
+    memset(rnd_buf, 0, sizeof rnd_buf);
+    rnd_left = 0;
+}
+
+static void rnd_init(void)
+{
+    pthread_atfork(NULL, NULL, rnd_forget);
+}
+
+/* n <= RANDOM_BATCH bytes of kernel randomness. 0 or BD_ERR_IO. */
+static int rnd_take(unsigned char *dst, size_t n)
+{
+    assert(n <= RANDOM_BATCH);
+    pthread_once(&rnd_once, rnd_init);
+    if (rnd_left < n) {
+        size_t got = 0;
+        while (got < sizeof rnd_buf) {
+            ssize_t r = getrandom(rnd_buf + got, sizeof rnd_buf - got, 0);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                rnd_forget();
+                return BD_ERR_IO;
+            }
+            got += (size_t)r;
+        }
+        rnd_left = sizeof rnd_buf;
+    }
+    unsigned char *src = rnd_buf + sizeof rnd_buf - rnd_left;
+    memcpy(dst, src, n);
+    memset(src, 0, n);
+    rnd_left -= n;
+    return BD_OK;
+}
+
 int util_random_hex128(char out[33])
 {
     static const char hex[] = "0123456789abcdef";
     unsigned char raw[16];
-    size_t got = 0;
-    while (got < sizeof raw) {
-        ssize_t n = getrandom(raw + got, sizeof raw - got, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return BD_ERR_IO;
-        }
-        got += (size_t)n;
-    }
+    if (rnd_take(raw, sizeof raw) != BD_OK)
+        return BD_ERR_IO;
     for (size_t i = 0; i < sizeof raw; i++) {
         out[2 * i] = hex[raw[i] >> 4];
         out[2 * i + 1] = hex[raw[i] & 15];

@@ -655,6 +655,455 @@ START_TEST(test_error_json)
 }
 END_TEST
 
+/* ---- splice rewrite and usage scanner ---- */
+
+/* Rewrite a body and return the malloc'd result (exact-size copy of the body
+ * so ASan sees over-reads). */
+static char *rewrite_of(const char *body, const char *model)
+{
+    struct openai_chat c;
+    expect_valid(body, &c);
+    size_t len = 0;
+    char *s = openai_chat_rewrite(&c, model, &len);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_uint_eq(len, strlen(s));
+    openai_chat_free(&c);
+    return s;
+}
+
+static void expect_rewrite(const char *body, const char *model, const char *want)
+{
+    char *s = rewrite_of(body, model);
+    ck_assert_str_eq(s, want);
+    free(s);
+}
+
+/* The independent reference: cJSON parse of the body, model replaced and,
+ * for streams, stream_options.include_usage forced true. */
+static cJSON *reference_rewrite(const char *body, const char *model)
+{
+    cJSON *ref = cJSON_Parse(body);
+    ck_assert_ptr_nonnull(ref);
+    cJSON_ReplaceItemInObjectCaseSensitive(ref, "model", cJSON_CreateString(model));
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(ref, "stream"))) {
+        cJSON *so = cJSON_GetObjectItemCaseSensitive(ref, "stream_options");
+        if (!cJSON_IsObject(so)) {
+            cJSON_DeleteItemFromObjectCaseSensitive(ref, "stream_options");
+            so = cJSON_AddObjectToObject(ref, "stream_options");
+        }
+        cJSON_DeleteItemFromObjectCaseSensitive(so, "include_usage");
+        cJSON_AddTrueToObject(so, "include_usage");
+    }
+    return ref;
+}
+
+static void expect_semantic(const char *body, const char *model, const char *out)
+{
+    cJSON *ref = reference_rewrite(body, model);
+    cJSON *got = cJSON_Parse(out);
+    ck_assert_msg(got != NULL, "not JSON: %s", out);
+    ck_assert_msg(cJSON_Compare(ref, got, 1), "differs:\n in  %s\n out %s", body, out);
+    cJSON_Delete(ref);
+    cJSON_Delete(got);
+}
+
+START_TEST(test_rewrite_splice_exact)
+{
+    const char *msg = "\"messages\":[{\"role\":\"user\",\"content\":\"hi \\\"x\\\" \\u00e9\"}]";
+    char b[512], w[512];
+    /* Only the model value changes; spacing, order and number spelling stay. */
+    snprintf(b, sizeof b, "{ \"model\" :\t\"auto\" , \"temperature\":1.50e0,%s }", msg);
+    snprintf(w, sizeof w, "{ \"model\" :\t\"gpt-4o\" , \"temperature\":1.50e0,%s }", msg);
+    expect_rewrite(b, "gpt-4o", w);
+    /* The new name is escaped like cJSON prints strings. */
+    snprintf(b, sizeof b, "{%s,\"model\":\"a\"}", msg);
+    snprintf(w, sizeof w, "{%s,\"model\":\"q\\\"\\\\\\n\\u0001/\xc3\xa9\"}", msg);
+    expect_rewrite(b, "q\"\\\n\x01/\xc3\xa9", w);
+    /* Streams: stream_options added before the closing brace... */
+    snprintf(b, sizeof b, "{\"model\":\"a\",\"stream\":true,%s}\n", msg);
+    snprintf(w, sizeof w,
+             "{\"model\":\"m\",\"stream\":true,%s,\"stream_options\":{\"include_usage\":true}}\n",
+             msg);
+    expect_rewrite(b, "m", w);
+    /* ...null replaced... */
+    snprintf(b, sizeof b, "{\"stream_options\":null,\"model\":\"a\",\"stream\":true,%s}", msg);
+    snprintf(w, sizeof w,
+             "{\"stream_options\":{\"include_usage\":true},\"model\":\"m\",\"stream\":true,%s}",
+             msg);
+    expect_rewrite(b, "m", w);
+    /* ...empty object filled... */
+    snprintf(b, sizeof b, "{\"model\":\"a\",\"stream_options\":{ },\"stream\":true,%s}", msg);
+    snprintf(w, sizeof w,
+             "{\"model\":\"m\",\"stream_options\":{\"include_usage\":true },\"stream\":true,%s}",
+             msg);
+    expect_rewrite(b, "m", w);
+    /* ...member added in front of others... */
+    snprintf(b, sizeof b, "{\"model\":\"a\",\"stream_options\":{\"x\":[1]},\"stream\":true,%s}",
+             msg);
+    snprintf(w, sizeof w,
+             "{\"model\":\"m\",\"stream_options\":{\"include_usage\":true,\"x\":[1]},"
+             "\"stream\":true,%s}",
+             msg);
+    expect_rewrite(b, "m", w);
+    /* ...false turned true; true left as is. */
+    snprintf(b, sizeof b,
+             "{\"model\":\"a\",\"stream_options\":{\"include_usage\" : false},\"stream\":true,%s}",
+             msg);
+    snprintf(w, sizeof w,
+             "{\"model\":\"m\",\"stream_options\":{\"include_usage\" : true},\"stream\":true,%s}",
+             msg);
+    expect_rewrite(b, "m", w);
+    /* Not streaming: stream_options untouched. */
+    snprintf(b, sizeof b,
+             "{\"model\":\"a\",\"stream_options\":{\"include_usage\":false},\"stream\":false,%s}",
+             msg);
+    snprintf(w, sizeof w,
+             "{\"model\":\"m\",\"stream_options\":{\"include_usage\":false},\"stream\":false,%s}",
+             msg);
+    expect_rewrite(b, "m", w);
+
+    /* What the scanner leaves to cJSON falls back to the re-print (byte-equal
+     * to openai_chat_rewrite_print) and is still right: an escaped key that
+     * cJSON reads as "model", a raw control byte in a string. */
+    const char *fallbacks[] = {
+        "{\"\\u006dodel\":\"a\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"model\":\"a\",\"messages\":[{\"role\":\"user\",\"content\":\"tab\there\"}]}",
+        "{\"model\":\"a\",\"stream\":true,\"stream_options\":{\"include\\u005fusage\":false},"
+        "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+    };
+    for (size_t i = 0; i < sizeof fallbacks / sizeof fallbacks[0]; i++) {
+        struct openai_chat c;
+        expect_valid(fallbacks[i], &c);
+        char *s = openai_chat_rewrite(&c, "up", NULL);
+        char *r = openai_chat_rewrite_print(&c, "up", NULL);
+        ck_assert_ptr_nonnull(s);
+        ck_assert_ptr_nonnull(r);
+        ck_assert_str_eq(s, r);
+        expect_semantic(fallbacks[i], "up", s);
+        free(s);
+        free(r);
+        openai_chat_free(&c);
+    }
+    /* A chat without its source bytes (built by hand) re-prints. */
+    struct openai_chat c;
+    expect_valid("{\"model\":\"a\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &c);
+    free(c.src);
+    c.src = NULL;
+    char *s = openai_chat_rewrite(&c, "z", NULL);
+    ck_assert_str_eq(s, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"model\":\"z\"}");
+    free(s);
+    openai_chat_free(&c);
+}
+END_TEST
+
+/* A random-JSON writer with random whitespace, for the randomized tests. */
+struct gen {
+    struct util_rng rng;
+    char *buf;
+    size_t len, cap;
+};
+
+static unsigned gen_int(struct gen *g, unsigned n)
+{
+    return (unsigned)(util_rng_next(&g->rng) % n);
+}
+
+static void gen_put(struct gen *g, const char *s)
+{
+    size_t n = strlen(s);
+    if (g->len + n + 1 > g->cap) {
+        g->cap = (g->len + n + 1) * 2;
+        g->buf = realloc(g->buf, g->cap);
+        ck_assert_ptr_nonnull(g->buf);
+    }
+    memcpy(g->buf + g->len, s, n + 1);
+    g->len += n;
+}
+
+static void gen_ws(struct gen *g)
+{
+    static const char *const ws[] = {"", "", "", " ", "\n", "\t", " \r\n  "};
+    gen_put(g, ws[gen_int(g, 7)]);
+}
+
+static void gen_string(struct gen *g)
+{
+    static const char *const parts[] = {"a",     "hello", " ",       "\\\"", "\\\\",  "\\n",
+                                        "\\/",   "\\u00e9", "\\ud83d\\ude00", "\xc3\xa9", "{[,:]}",
+                                        "model", "\\t",    "\\u0041"};
+    gen_put(g, "\"");
+    unsigned n = gen_int(g, 6);
+    for (unsigned i = 0; i < n; i++)
+        gen_put(g, parts[gen_int(g, sizeof parts / sizeof parts[0])]);
+    gen_put(g, "\"");
+}
+
+static void gen_value(struct gen *g, int depth)
+{
+    static const char *const nums[] = {"0", "-1", "3.25", "1e3", "-0.5E-2", "123456789", "2.50"};
+    unsigned k = gen_int(g, depth > 3 ? 5 : 7);
+    switch (k) {
+    case 0:
+        gen_string(g);
+        break;
+    case 1:
+        gen_put(g, nums[gen_int(g, 7)]);
+        break;
+    case 2:
+        gen_put(g, gen_int(g, 2) ? "true" : "false");
+        break;
+    case 3:
+        gen_put(g, "null");
+        break;
+    case 4:
+        gen_string(g);
+        break;
+    case 5:
+    case 6: {
+        int obj = k == 5;
+        gen_put(g, obj ? "{" : "[");
+        unsigned n = gen_int(g, 4);
+        for (unsigned i = 0; i < n; i++) {
+            gen_ws(g);
+            if (i)
+                gen_put(g, ",");
+            gen_ws(g);
+            if (obj) {
+                char key[16];
+                snprintf(key, sizeof key, "\"k%u\"", i);
+                gen_put(g, key);
+                gen_ws(g);
+                gen_put(g, ":");
+                gen_ws(g);
+            }
+            gen_value(g, depth + 1);
+        }
+        gen_ws(g);
+        gen_put(g, obj ? "}" : "]");
+        break;
+    }
+    }
+}
+
+/* One top-level member "key": value, with whitespace around. */
+static void gen_member(struct gen *g, int first, const char *key, const char *value)
+{
+    gen_ws(g);
+    if (!first)
+        gen_put(g, ",");
+    gen_ws(g);
+    gen_put(g, "\"");
+    gen_put(g, key);
+    gen_put(g, "\"");
+    gen_ws(g);
+    gen_put(g, ":");
+    gen_ws(g);
+    if (value)
+        gen_put(g, value);
+    else
+        gen_value(g, 1);
+}
+
+START_TEST(test_rewrite_random)
+{
+    struct gen g = {0};
+    util_rng_seed(&g.rng, 20240917);
+    static const char *const models[] = {"gpt-4o-mini", "a\"b", "x\\y\n", "\xe6\xa8\xa1", ""};
+    static const char *const sos[] = {"null", "{}", "{\"include_usage\":false}",
+                                      "{ \"x\" : [1,{}] , \"include_usage\" : true }",
+                                      "{\"y\":\"include_usage\"}"};
+    int spliced = 0;
+    for (int it = 0; it < 3000; it++) {
+        g.len = 0;
+        gen_put(&g, "");
+        gen_ws(&g);
+        gen_put(&g, "{");
+        /* Members in random order: model, messages, stream?, stream_options?, extras. */
+        const char *keys[8];
+        const char *vals[8];
+        int n = 0;
+        keys[n] = "model", vals[n++] = "\"auto\"";
+        keys[n] = "messages";
+        vals[n++] = gen_int(&g, 2) ? "[{\"role\":\"user\",\"content\":\"hi\"}]"
+                                   : "[ {\"content\" : [{\"type\":\"text\",\"text\":\"\\u00e9\"}],"
+                                     " \"role\" : \"user\"} ]";
+        unsigned sm = gen_int(&g, 3);
+        if (sm)
+            keys[n] = "stream", vals[n++] = sm == 1 ? "true" : "false";
+        if (gen_int(&g, 2))
+            keys[n] = "stream_options", vals[n++] = sos[gen_int(&g, 5)];
+        unsigned extras = gen_int(&g, 4);
+        static const char *const ek[] = {"temperature", "tools", "metadata", "user"};
+        for (unsigned e = 0; e < extras; e++)
+            keys[n] = ek[e], vals[n++] = NULL;
+        for (int i = n - 1; i > 0; i--) { /* shuffle */
+            int j = (int)gen_int(&g, (unsigned)i + 1);
+            const char *tk = keys[i], *tv = vals[i];
+            keys[i] = keys[j], vals[i] = vals[j];
+            keys[j] = tk, vals[j] = tv;
+        }
+        for (int i = 0; i < n; i++)
+            gen_member(&g, i == 0, keys[i], vals[i]);
+        gen_ws(&g);
+        gen_put(&g, "}");
+        gen_ws(&g);
+
+        const char *model = models[gen_int(&g, 5)];
+        if (!model[0])
+            model = "m";
+        struct openai_chat c;
+        expect_valid(g.buf, &c);
+        size_t len = 0;
+        char *s = openai_chat_rewrite(&c, model, &len);
+        ck_assert_ptr_nonnull(s);
+        ck_assert_uint_eq(len, strlen(s));
+        expect_semantic(g.buf, model, s);
+        /* Strict input: the splice path ran, so the bytes before the model
+         * value are the client's. */
+        const char *mv = strstr(g.buf, "\"model\"");
+        const char *sv = strstr(g.buf, "\"stream_options\"");
+        ck_assert_ptr_nonnull(mv);
+        if (sv && sv < mv && c.stream)
+            mv = sv; /* the first edit is there */
+        size_t pre = (size_t)(strchr(mv + 7, ':') - g.buf);
+        spliced += memcmp(s, g.buf, pre) == 0;
+        ck_assert_msg(memcmp(s, g.buf, pre) == 0, "not spliced: %s", g.buf);
+        /* Rewriting twice (a fallback arm) gives the same bytes. */
+        char *s2 = openai_chat_rewrite(&c, model, NULL);
+        ck_assert_str_eq(s, s2);
+        free(s2);
+        free(s);
+        openai_chat_free(&c);
+    }
+    ck_assert_int_eq(spliced, 3000);
+    free(g.buf);
+}
+END_TEST
+
+/* The reference for openai_parse_usage, straight from cJSON. */
+static int reference_usage(const char *body, long *pt, long *ct, char *id, size_t idlen,
+                           size_t *cc)
+{
+    *pt = *ct = -1;
+    id[0] = '\0';
+    *cc = 0;
+    cJSON *j = cJSON_ParseWithOpts(body, NULL, 1);
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return BD_ERR_INVALID;
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "id");
+    if (cJSON_IsString(v))
+        snprintf(id, idlen, "%s", v->valuestring);
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(j, "usage");
+    const char *names[2] = {"prompt_tokens", "completion_tokens"};
+    long *outs[2] = {pt, ct};
+    for (int i = 0; i < 2 && cJSON_IsObject(u); i++) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(u, names[i]);
+        if (cJSON_IsNumber(t) && t->valuedouble >= 0 && t->valuedouble <= 1e15 &&
+            t->valuedouble == floor(t->valuedouble))
+            *outs[i] = (long)t->valuedouble;
+    }
+    const cJSON *ch;
+    cJSON_ArrayForEach(ch, cJSON_GetObjectItemCaseSensitive(j, "choices"))
+    {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(ch, "message");
+        const cJSON *ct_ = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (cJSON_IsString(ct_))
+            *cc += strlen(ct_->valuestring);
+    }
+    cJSON_Delete(j);
+    return 0;
+}
+
+START_TEST(test_usage_random)
+{
+    struct gen g = {0};
+    util_rng_seed(&g.rng, 77);
+    static const char *const usages[] = {
+        "{\"prompt_tokens\":12,\"completion_tokens\":7,\"total_tokens\":19}",
+        "{ \"completion_tokens\" : 0 , \"prompt_tokens\" : 1.0e3 }",
+        "{\"prompt_tokens\":-1,\"completion_tokens\":\"5\"}",
+        "{\"prompt_tokens\":2.5,\"completion_tokens\":1e400}",
+        "null",
+        "[1,2]",
+        "{\"prompt_tokens\":3,\"prompt_tokens\":4,\"completion_tokens\":{\"n\":1}}",
+    };
+    static const char *const ids[] = {"\"chatcmpl-1\"", "\"a\\\"b\\u00e9\"", "7", "\"\"",
+                                      "\"0123456789abcdefghij\"", "\"x\\u0000y\""};
+    static const char *const choices[] = {
+        "[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"Hello \\\"w\\\"\"}}]",
+        "[]",
+        "[{\"message\":{\"content\":null}},{\"message\":{\"content\":\"\\ud83d\\ude00!\"}}]",
+        "{\"a\":{\"message\":{\"content\":\"obj\"}}}",
+        "\"none\""};
+    for (int it = 0; it < 4000; it++) {
+        g.len = 0;
+        gen_put(&g, "");
+        gen_ws(&g);
+        gen_put(&g, "{");
+        const char *keys[6];
+        const char *vals[6];
+        int n = 0;
+        if (gen_int(&g, 5))
+            keys[n] = "id", vals[n++] = ids[gen_int(&g, 6)];
+        if (gen_int(&g, 5))
+            keys[n] = "usage", vals[n++] = usages[gen_int(&g, 7)];
+        if (gen_int(&g, 5))
+            keys[n] = "choices", vals[n++] = choices[gen_int(&g, 5)];
+        if (gen_int(&g, 3))
+            keys[n] = "object", vals[n++] = NULL;
+        if (gen_int(&g, 4) == 0) /* a duplicate: the first one counts */
+            keys[n] = "usage", vals[n++] = usages[gen_int(&g, 7)];
+        if (gen_int(&g, 6) == 0) /* an escaped key: left to cJSON */
+            keys[n] = "\\u0075sage", vals[n++] = usages[0];
+        for (int i = n - 1; i > 0; i--) {
+            int j = (int)gen_int(&g, (unsigned)i + 1);
+            const char *tk = keys[i], *tv = vals[i];
+            keys[i] = keys[j], vals[i] = vals[j];
+            keys[j] = tk, vals[j] = tv;
+        }
+        for (int i = 0; i < n; i++)
+            gen_member(&g, i == 0, keys[i], vals[i]);
+        gen_ws(&g);
+        gen_put(&g, "}");
+        gen_ws(&g);
+        size_t blen = g.len;
+        unsigned damage = gen_int(&g, 8);
+        if (damage == 0 && blen > 1)
+            blen = gen_int(&g, (unsigned)blen); /* truncated */
+        else if (damage == 1)
+            gen_put(&g, "x"), blen = g.len; /* trailing garbage */
+        char *body = malloc(blen ? blen : 1);
+        memcpy(body, g.buf, blen);
+        char *z = strndup(g.buf, blen);
+
+        long pt, ct, rpt, rct;
+        size_t cc, rcc;
+        char id[12], rid[12];
+        int idsz = gen_int(&g, 2) ? 12 : 4;
+        int rc = openai_parse_usage(body, blen, &pt, &ct, id, (size_t)idsz, &cc);
+        int rrc = reference_usage(z, &rpt, &rct, rid, (size_t)idsz, &rcc);
+        ck_assert_msg(rc == rrc, "rc %d vs %d for %s", rc, rrc, z);
+        if (rc == 0) {
+            ck_assert_msg(pt == rpt && ct == rct, "tokens %ld/%ld vs %ld/%ld for %s", pt, ct, rpt,
+                          rct, z);
+            ck_assert_msg(strcmp(id, rid) == 0, "id '%s' vs '%s' for %s", id, rid, z);
+            ck_assert_msg(cc == rcc, "chars %zu vs %zu for %s", cc, rcc, z);
+            /* Without content_chars the rest is the same. */
+            long pt2, ct2;
+            char id2[12];
+            ck_assert_int_eq(openai_parse_usage(body, blen, &pt2, &ct2, id2, (size_t)idsz, NULL),
+                             0);
+            ck_assert(pt2 == pt && ct2 == ct && strcmp(id2, id) == 0);
+        }
+        free(body);
+        free(z);
+    }
+    free(g.buf);
+}
+END_TEST
+
 static Suite *openai_suite(void)
 {
     Suite *s = suite_create("openai");
@@ -670,6 +1119,9 @@ static Suite *openai_suite(void)
     tcase_add_test(tc, test_sse_random_splits);
     tcase_add_test(tc, test_sse_long_lines);
     tcase_add_test(tc, test_error_json);
+    tcase_add_test(tc, test_rewrite_splice_exact);
+    tcase_add_test(tc, test_rewrite_random);
+    tcase_add_test(tc, test_usage_random);
     suite_add_tcase(s, tc);
     return s;
 }

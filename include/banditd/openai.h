@@ -16,6 +16,8 @@ struct openai_chat {
     const cJSON *messages;  /* non-empty array */
     size_t prompt_chars;    /* characters of all message text */
     long max_tokens;        /* max_tokens / max_completion_tokens, -1 if absent */
+    char *src;              /* private copy of the request bytes (owned; may be NULL) */
+    size_t src_len;         /* its length */
 };
 
 /* Parse and validate a request body (len bytes, need not be NUL-terminated).
@@ -31,8 +33,15 @@ void openai_chat_free(struct openai_chat *c);
 
 /* Serialise the request with "model" replaced (and, when streaming, with
  * stream_options.include_usage forced on so cost can be measured). Returns
- * a malloc'd NUL-terminated string (caller frees) or NULL on OOM. */
+ * a malloc'd NUL-terminated string (caller frees) or NULL on OOM.
+ * Normally the client's bytes with just those values spliced in (c->src;
+ * other members keep their order, spacing and number spelling); when the body
+ * is not strict JSON, or c->src is NULL, it falls back to
+ * openai_chat_rewrite_print. Both give the same JSON semantically. */
 char *openai_chat_rewrite(struct openai_chat *c, const char *upstream_model, size_t *len_out);
+/* The same by re-printing the cJSON tree (the reference; the fallback). */
+char *openai_chat_rewrite_print(struct openai_chat *c, const char *upstream_model,
+                                size_t *len_out);
 
 /* Build {"error":{"message":…,"type":…,"param":…,"code":…}} (param/code may be
  * NULL -> JSON null). Returns malloc'd string or NULL. */
@@ -40,7 +49,12 @@ char *openai_error_json(const char *message, const char *type, const char *param
                         const char *code);
 
 /* Extract usage and id from a non-streaming completion body. Missing fields
- * are -1 / "". Returns 0, or BD_ERR_INVALID if the body is not JSON. */
+ * are -1 / "". Returns 0, or BD_ERR_INVALID if the body is not JSON.
+ * content_chars (NULL to skip, which is cheaper: choices are then not
+ * parsed) gets the bytes of choices[].message.content text.
+ * A strict scanner reads only the top-level "id", "usage" (and "choices" if
+ * asked) and parses just those; anything it is unsure about takes the full
+ * cJSON parse, so results are the same either way. */
 int openai_parse_usage(const char *body, size_t len, long *prompt_tokens, long *completion_tokens,
                        char *id_out, size_t idlen, size_t *content_chars);
 

@@ -132,7 +132,9 @@ def replay(cpath, pref, seed):
                           str(LIMIT), "--jobs", "1", "--format", "json"],
                          capture_output=True, text=True, timeout=300)
     assert rep.returncode == 0, rep.stderr
-    pt = json.loads(rep.stdout)["points"][0]
+    j = json.loads(rep.stdout)
+    assert j["router"]["prompt_tokens"] == "estimate", j["router"]  # the daemon's estimate
+    pt = j["points"][0]
     assert pt["rows"] == LIMIT, pt
     return pt
 
