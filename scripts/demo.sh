@@ -71,7 +71,7 @@ REPLAY_LIMIT=()
 [ "$LIMIT" != 0 ] && REPLAY_LIMIT=(--limit "$LIMIT")
 "$BUILD/banditd" replay --data "$DATA" --config "$OUT/banditd.json" --prices data/prices.json \
     --preference "$PREF" --seed "$SEED" "${REPLAY_LIMIT[@]+"${REPLAY_LIMIT[@]}"}" --jobs 2 \
-    --format json --out "$OUT/replay_point.json"
+    --prompt-tokens estimate --format json --out "$OUT/replay_point.json"
 python3 - "$OUT/live.json" "$OUT/replay_point.json" <<'PY2'
 import json, sys
 live = json.load(open(sys.argv[1]))
@@ -88,7 +88,7 @@ print(" misses the feedback of the requests still in flight. See docs/results.md
 PY2
 
 echo
-echo "== the cost-quality curve offline (banditd replay --sweep, same seed)"
+echo "== the cost-quality curve offline (banditd replay --sweep, same seed; prompts priced by their billed tokens)"
 "$BUILD/banditd" replay --data "$DATA" --prices data/prices.json --sweep "${SWEEP:-11}" \
     --seed "$SEED" --jobs 2 "${REPLAY_LIMIT[@]+"${REPLAY_LIMIT[@]}"}" --format table \
     --plot "$OUT/pareto.svg" >"$OUT/replay.txt"

@@ -223,11 +223,12 @@ static void usage(FILE *f)
                "  --sweep-form F  scalar (default): point k is the weight k/(N-1);\n"
                "                  tolerance: point k is tolerance=0.5*(1-k/(N-1))^2\n"
                "  --limit N       measure only the first N rows of the shuffled order\n"
-               "  --prompt-tokens estimate (default): the router prices each prompt as the\n"
-               "                  daemon does (its text's bytes / 4), so that replay decides\n"
-               "                  like the daemon fed the same prompts; logged: it uses the\n"
-               "                  data's prompt_tokens (which may count text the prompt lacks,\n"
-               "                  e.g. RouteLLM GSM8K's few-shot prefix)\n"
+               "  --prompt-tokens logged (default): the router prices each prompt with the\n"
+               "                  data's prompt_tokens, i.e. the text the request was billed\n"
+               "                  for (RouteLLM GSM8K counts a few-shot prefix the stored\n"
+               "                  prompt lacks); estimate: with the daemon's estimate from the\n"
+               "                  stored text (bytes / 4), which is what a daemon fed only the\n"
+               "                  stored prompts (the demo) sees: replay then matches it exactly\n"
                "  --seed S        shuffle seed (default 1)\n"
                "  --warmup FILE2  learn on every row of FILE2 first, then measure on --data\n"
                "  --warmup-export DUMP  first apply every feedback row (arm, x, reward) of a\n"
@@ -256,6 +257,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
     memset(o, 0, sizeof *o);
     o->seed = 1;
     o->jobs = 2;
+    o->ptok_logged = 1;
     o->fmt = FMT_TABLE;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -453,8 +455,9 @@ static int rowset_build(struct ctx *c, const dataset *ds, const int *map, uint64
          * logged counts can be far larger (RouteLLM's GSM8K rows count a
          * ~950-token few-shot prefix, MT-Bench rows earlier turns, neither
          * stored) and let replay price calls the daemon cannot see; the
-         * measured cost stays the logged cost_usd. --prompt-tokens logged
-         * restores that setting ("as if each request carried the billed text"). */
+         * measured cost stays the logged cost_usd. The default, --prompt-tokens
+         * logged, decides "as if each request carried the billed text", which is
+         * what live traffic carrying its real prompts would show the daemon. */
         s->ptok[n] = c->o->ptok_logged ? dataset_outcome(row, map[0])->prompt_tokens
                                        : openai_estimate_tokens(strlen(row->prompt));
         for (size_t a = 0; a < A; a++) {

@@ -105,7 +105,8 @@ def main():
         # The offline replay of the same rows, seed and preference.
         rep = subprocess.run([BANDITD, "replay", "--data", DATA, "--prices",
                               os.path.join(ROOT, "data", "prices.json"), "--preference", "0.9",
-                              "--seed", str(SEED), "--limit", str(LIMIT), "--format", "json"],
+                              "--seed", str(SEED), "--limit", str(LIMIT), "--prompt-tokens", "estimate",
+                              "--format", "json"],
                              capture_output=True, text=True, timeout=300)
         assert rep.returncode == 0, rep.stderr
         pt = json.loads(rep.stdout)["points"][0]

@@ -129,7 +129,8 @@ def live(tmp, sport, pref, seed, store):
 def replay(cpath, pref, seed):
     rep = subprocess.run([BANDITD, "replay", "--data", DATA, "--config", cpath, "--prices",
                           PRICES, "--preference", pref, "--seed", str(seed), "--limit",
-                          str(LIMIT), "--jobs", "1", "--format", "json"],
+                          str(LIMIT), "--jobs", "1", "--prompt-tokens", "estimate",
+                          "--format", "json"],
                          capture_output=True, text=True, timeout=300)
     assert rep.returncode == 0, rep.stderr
     j = json.loads(rep.stdout)

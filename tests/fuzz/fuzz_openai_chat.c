@@ -18,9 +18,29 @@
 
 #define UPSTREAM_MODEL "upstream-model-\xc3\xa9"
 
+/* The k-th member (0-based) of obj named key: duplicate keys are kept. */
+static const cJSON *nth_member(const cJSON *obj, const char *key, int k)
+{
+    for (const cJSON *m = obj->child; m; m = m->next)
+        if (m->string && strcmp(m->string, key) == 0 && k-- == 0)
+            return m;
+    return NULL;
+}
+
+/* How many earlier siblings of m share its key. */
+static int occurrence(const cJSON *obj, const cJSON *m)
+{
+    int k = 0;
+    for (const cJSON *p = obj->child; p && p != m; p = p->next)
+        if (p->string && strcmp(p->string, m->string) == 0)
+            k++;
+    return k;
+}
+
 /* cJSON_Compare, except that a number too large for a double in the splice
  * (kept verbatim, e.g. 1e999, which cJSON reads as inf) matches the null that
- * the re-printing reference writes for it. Objects compare as sets of keys. */
+ * the re-printing reference writes for it. Object members match by key and
+ * occurrence (the reference moves "model" to the end). */
 static int json_equiv(const cJSON *a, const cJSON *b)
 {
     if (cJSON_IsNumber(a) && !isfinite(a->valuedouble))
@@ -31,7 +51,9 @@ static int json_equiv(const cJSON *a, const cJSON *b)
         return 0;
     const cJSON *x = a->child, *y = b->child;
     for (; x && y; x = x->next, y = y->next) {
-        const cJSON *peer = cJSON_IsObject(a) ? cJSON_GetObjectItemCaseSensitive(b, x->string) : y;
+        const cJSON *peer = y;
+        if (cJSON_IsObject(a))
+            peer = x->string ? nth_member(b, x->string, occurrence(a, x)) : NULL;
         if (!peer || !json_equiv(x, peer))
             return 0;
     }
