@@ -26,7 +26,6 @@ __attribute__((format(printf, 3, 4))) static int invalid(char *err, size_t errle
     return BD_ERR_INVALID;
 }
 
-
 /* Parse exactly len bytes (no NULs inside, checked by the caller) through a
  * NUL-terminated private copy, so cJSON never reads past the input. Trailing
  * garbage fails. NULL on syntax error; *oom set on allocation failure. */
@@ -620,14 +619,13 @@ static char *rewrite_splice(const struct openai_chat *c, const char *model, size
             if (scan_members(so->v, so->vend, so_keys, 1, &iu, &so_close) != 0)
                 return NULL;
             if (iu.v) {
-                ed[ne++] = (struct edit){(size_t)(iu.v - src), (size_t)(iu.vend - src), "true",
-                                         NULL};
+                ed[ne++] =
+                    (struct edit){(size_t)(iu.v - src), (size_t)(iu.vend - src), "true", NULL};
             } else {
                 size_t at = (size_t)(so->v - src) + 1; /* just after '{' */
                 int empty = scan_ws(so->v + 1, so->vend) == so_close;
-                ed[ne++] = (struct edit){at, at,
-                                         empty ? "\"include_usage\":true" : "\"include_usage\":true,",
-                                         NULL};
+                ed[ne++] = (struct edit){
+                    at, at, empty ? "\"include_usage\":true" : "\"include_usage\":true,", NULL};
             }
         }
     }
@@ -678,8 +676,7 @@ char *openai_chat_rewrite(struct openai_chat *c, const char *upstream_model, siz
     return openai_chat_rewrite_print(c, upstream_model, len_out);
 }
 
-char *openai_chat_rewrite_print(struct openai_chat *c, const char *upstream_model,
-                                size_t *len_out)
+char *openai_chat_rewrite_print(struct openai_chat *c, const char *upstream_model, size_t *len_out)
 {
     assert(c != NULL && c->root != NULL && upstream_model != NULL);
     /* Mutate the tree only for the duration of the print and restore it, so
@@ -869,8 +866,8 @@ int openai_parse_usage(const char *body, size_t len, long *prompt_tokens, long *
         *content_chars_out = 0;
     if (!body || len == 0)
         return BD_ERR_INVALID;
-    int fast = usage_scan(body, len, prompt_tokens, completion_tokens, id_out, idlen,
-                          content_chars_out);
+    int fast =
+        usage_scan(body, len, prompt_tokens, completion_tokens, id_out, idlen, content_chars_out);
     if (fast != 1)
         return fast;
     if (util_json_prescan(body, len, 1000) != 0)

@@ -120,8 +120,8 @@ struct store {
     pthread_mutex_t done_mu;
     struct op *done_head, *done_tail;
 
-    struct op **batch; /* writer thread only */
-    double purged_below; /* writer thread only: cutoff of the last committed purge */
+    struct op **batch;    /* writer thread only */
+    double purged_below;  /* writer thread only: cutoff of the last committed purge */
     double purge_pending; /* writer thread only: cutoff of a purge in the open batch */
 };
 

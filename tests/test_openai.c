@@ -828,9 +828,9 @@ static void gen_ws(struct gen *g)
 
 static void gen_string(struct gen *g)
 {
-    static const char *const parts[] = {"a",     "hello", " ",       "\\\"", "\\\\",  "\\n",
-                                        "\\/",   "\\u00e9", "\\ud83d\\ude00", "\xc3\xa9", "{[,:]}",
-                                        "model", "\\t",    "\\u0041"};
+    static const char *const parts[] = {"a",      "hello", " ",       "\\\"",           "\\\\",
+                                        "\\n",    "\\/",   "\\u00e9", "\\ud83d\\ude00", "\xc3\xa9",
+                                        "{[,:]}", "model", "\\t",     "\\u0041"};
     gen_put(g, "\"");
     unsigned n = gen_int(g, 6);
     for (unsigned i = 0; i < n; i++)
@@ -981,8 +981,7 @@ START_TEST(test_rewrite_random)
 END_TEST
 
 /* The reference for openai_parse_usage, straight from cJSON. */
-static int reference_usage(const char *body, long *pt, long *ct, char *id, size_t idlen,
-                           size_t *cc)
+static int reference_usage(const char *body, long *pt, long *ct, char *id, size_t idlen, size_t *cc)
 {
     *pt = *ct = -1;
     id[0] = '\0';
@@ -1029,14 +1028,12 @@ START_TEST(test_usage_random)
         "[1,2]",
         "{\"prompt_tokens\":3,\"prompt_tokens\":4,\"completion_tokens\":{\"n\":1}}",
     };
-    static const char *const ids[] = {"\"chatcmpl-1\"", "\"a\\\"b\\u00e9\"", "7", "\"\"",
+    static const char *const ids[] = {"\"chatcmpl-1\"",           "\"a\\\"b\\u00e9\"", "7", "\"\"",
                                       "\"0123456789abcdefghij\"", "\"x\\u0000y\""};
     static const char *const choices[] = {
         "[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"Hello \\\"w\\\"\"}}]",
-        "[]",
-        "[{\"message\":{\"content\":null}},{\"message\":{\"content\":\"\\ud83d\\ude00!\"}}]",
-        "{\"a\":{\"message\":{\"content\":\"obj\"}}}",
-        "\"none\""};
+        "[]", "[{\"message\":{\"content\":null}},{\"message\":{\"content\":\"\\ud83d\\ude00!\"}}]",
+        "{\"a\":{\"message\":{\"content\":\"obj\"}}}", "\"none\""};
     for (int it = 0; it < 4000; it++) {
         g.len = 0;
         gen_put(&g, "");

@@ -10,14 +10,14 @@
  * from it. Free with openai_chat_free. */
 struct openai_chat {
     cJSON *root;
-    const char *model;      /* request's "model" ("auto" when absent? no: required) */
-    int stream;             /* "stream": true */
-    int include_usage;      /* stream_options.include_usage */
-    const cJSON *messages;  /* non-empty array */
-    size_t prompt_chars;    /* characters of all message text */
-    long max_tokens;        /* max_tokens / max_completion_tokens, -1 if absent */
-    char *src;              /* private copy of the request bytes (owned; may be NULL) */
-    size_t src_len;         /* its length */
+    const char *model;     /* request's "model" ("auto" when absent? no: required) */
+    int stream;            /* "stream": true */
+    int include_usage;     /* stream_options.include_usage */
+    const cJSON *messages; /* non-empty array */
+    size_t prompt_chars;   /* characters of all message text */
+    long max_tokens;       /* max_tokens / max_completion_tokens, -1 if absent */
+    char *src;             /* private copy of the request bytes (owned; may be NULL) */
+    size_t src_len;        /* its length */
 };
 
 /* Parse and validate a request body (len bytes, need not be NUL-terminated).
@@ -40,13 +40,11 @@ void openai_chat_free(struct openai_chat *c);
  * openai_chat_rewrite_print. Both give the same JSON semantically. */
 char *openai_chat_rewrite(struct openai_chat *c, const char *upstream_model, size_t *len_out);
 /* The same by re-printing the cJSON tree (the reference; the fallback). */
-char *openai_chat_rewrite_print(struct openai_chat *c, const char *upstream_model,
-                                size_t *len_out);
+char *openai_chat_rewrite_print(struct openai_chat *c, const char *upstream_model, size_t *len_out);
 
 /* Build {"error":{"message":…,"type":…,"param":…,"code":…}} (param/code may be
  * NULL -> JSON null). Returns malloc'd string or NULL. */
-char *openai_error_json(const char *message, const char *type, const char *param,
-                        const char *code);
+char *openai_error_json(const char *message, const char *type, const char *param, const char *code);
 
 /* Extract usage and id from a non-streaming completion body. Missing fields
  * are -1 / "". Returns 0, or BD_ERR_INVALID if the body is not JSON.
@@ -73,8 +71,8 @@ struct openai_sse_scan {
     long prompt_tokens;     /* -1 until seen */
     long completion_tokens; /* -1 until seen */
     size_t content_chars;
-    int saw_done;           /* "data: [DONE]" seen */
-    char *line;             /* internal: partial line */
+    int saw_done; /* "data: [DONE]" seen */
+    char *line;   /* internal: partial line */
     size_t line_len, line_cap;
     int skipping;
 };
