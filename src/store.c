@@ -29,6 +29,14 @@
  * both share one fsync instead of two. Bounds the extra crash window of
  * decisions (docs/state.md). */
 #define STORE_LINGER_NS 5000000L
+/* WAL checkpoints run on a checkpointer thread (own connection, PASSIVE), not
+ * inside the writer's COMMIT, so they do not delay a batch's acks. The writer
+ * asks for one once the WAL holds CKPT_PAGES frames; past CKPT_HARD_PAGES (the
+ * checkpointer cannot keep up, e.g. a reader pins the WAL) the writer
+ * checkpoints itself after its commit, which bounds the WAL's size. */
+#define CKPT_PAGES 1000
+#define CKPT_HARD_PAGES 16384
+#define CKPT_MAX_PASSES 8
 
 enum op_kind { OP_DECISION, OP_COMPLETE, OP_FEEDBACK, OP_SNAPSHOT, OP_PURGE };
 
@@ -119,6 +127,15 @@ struct store {
     /* done_mu: the completion list. */
     pthread_mutex_t done_mu;
     struct op *done_head, *done_tail;
+
+    /* ck_mu + ck_cv: ck_want, ck_stop, ckpt counters (checkpointer thread). */
+    sqlite3 *cdb; /* checkpointer thread only (after open) */
+    pthread_t ck_thread;
+    int ck_started;
+    pthread_mutex_t ck_mu;
+    pthread_cond_t ck_cv;
+    int ck_want, ck_stop;
+    uint64_t ck_runs, ck_inline; /* background checkpoints; writer fallbacks */
 
     struct op **batch;    /* writer thread only */
     double purged_below;  /* writer thread only: cutoff of the last committed purge */
@@ -612,6 +629,64 @@ static int run_batch(store *s, struct op **ops, size_t n)
     return err;
 }
 
+/* sqlite3_wal_hook of the writer connection: runs on the writer thread after
+ * each commit, with the WAL's size in frames. Installing it disables SQLite's
+ * autocheckpoint on that connection. */
+static int wal_hook(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    store *s = arg;
+    if (pages >= CKPT_HARD_PAGES) {
+        /* Fallback: the background checkpointer is behind. Checkpoint here
+         * (this delays this batch's acks, as autocheckpoint always did). */
+        int rc = sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        pthread_mutex_lock(&s->ck_mu);
+        if (rc == SQLITE_OK)
+            s->ck_inline++;
+        pthread_mutex_unlock(&s->ck_mu);
+    } else if (pages >= CKPT_PAGES) {
+        pthread_mutex_lock(&s->ck_mu);
+        if (!s->ck_want) {
+            s->ck_want = 1;
+            pthread_cond_signal(&s->ck_cv);
+        }
+        pthread_mutex_unlock(&s->ck_mu);
+    }
+    return SQLITE_OK; /* a failed checkpoint does not fail the commit */
+}
+
+static void *checkpointer_main(void *arg)
+{
+    store *s = arg;
+    pthread_mutex_lock(&s->ck_mu);
+    for (;;) {
+        while (!s->ck_want && !s->ck_stop)
+            pthread_cond_wait(&s->ck_cv, &s->ck_mu);
+        if (s->ck_stop)
+            break;
+        s->ck_want = 0;
+        pthread_mutex_unlock(&s->ck_mu);
+        /* PASSIVE never blocks the writer. Frames committed during a pass are
+         * copied by the next one (fewer each time), so that the WAL is fully
+         * backfilled and the writer can restart it from its beginning. */
+        int ok = 0;
+        for (int pass = 0; pass < CKPT_MAX_PASSES; pass++) {
+            int log = 0, ckpt = 0;
+            int rc = sqlite3_wal_checkpoint_v2(s->cdb, NULL, SQLITE_CHECKPOINT_PASSIVE, &log,
+                                               &ckpt);
+            if (rc != SQLITE_OK)
+                break; /* I/O error, full disk: retried at the next request */
+            ok = 1;
+            if (log <= 0 || ckpt >= log)
+                break;
+        }
+        pthread_mutex_lock(&s->ck_mu);
+        if (ok)
+            s->ck_runs++;
+    }
+    pthread_mutex_unlock(&s->ck_mu);
+    return NULL;
+}
+
 static void *writer_main(void *arg)
 {
     store *s = arg;
@@ -698,8 +773,27 @@ static void *writer_main(void *arg)
 
 /* ---------- open / close ---------- */
 
+static void stop_checkpointer(store *s)
+{
+    if (!s->ck_started)
+        return;
+    pthread_mutex_lock(&s->ck_mu);
+    s->ck_stop = 1;
+    pthread_cond_signal(&s->ck_cv);
+    pthread_mutex_unlock(&s->ck_mu);
+    pthread_join(s->ck_thread, NULL);
+    pthread_mutex_destroy(&s->ck_mu);
+    pthread_cond_destroy(&s->ck_cv);
+    s->ck_started = 0;
+}
+
+/* The writer connection closes last: as the last connection it checkpoints
+ * the WAL and removes it. */
 static void close_dbs(store *s)
 {
+    stop_checkpointer(s);
+    if (s->cdb)
+        sqlite3_close(s->cdb);
     for (int i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(s->st[i]);
     if (s->rdb)
@@ -784,7 +878,7 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
      * every commit, so an acknowledged feedback survives power loss. */
     if ((r = exec_sql(s->db,
                       "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;"
-                      "PRAGMA journal_size_limit=67108864; PRAGMA wal_autocheckpoint=1000;",
+                      "PRAGMA journal_size_limit=67108864; PRAGMA wal_autocheckpoint=0;",
                       err, errlen)))
         goto fail;
     if (version == 1 && (r = migrate_v1(s->db, path, err, errlen)))
@@ -804,6 +898,25 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
         goto fail;
     }
     sqlite3_busy_timeout(s->rdb, STORE_BUSY_TIMEOUT_MS);
+    rc = sqlite3_open_v2(path, &s->cdb, SQLITE_OPEN_READWRITE, NULL);
+    if (rc != SQLITE_OK) {
+        set_err(err, errlen, "%s: cannot open for checkpoints: %s", path, sqlite3_errstr(rc));
+        r = BD_ERR_IO;
+        goto fail;
+    }
+    /* The checkpoint fsyncs the WAL and the database file like FULL does. */
+    if ((r = exec_sql(s->cdb, "PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0;", err,
+                      errlen)))
+        goto fail;
+    pthread_mutex_init(&s->ck_mu, NULL);
+    pthread_cond_init(&s->ck_cv, NULL);
+    if (pthread_create(&s->ck_thread, NULL, checkpointer_main, s) != 0) {
+        set_err(err, errlen, "store: cannot start the checkpointer thread");
+        r = BD_ERR_NOMEM;
+        goto fail;
+    }
+    s->ck_started = 1;
+    sqlite3_wal_hook(s->db, wal_hook, s);
     pthread_mutex_init(&s->q_mu, NULL);
     pthread_cond_init(&s->q_cv, NULL);
     pthread_mutex_init(&s->done_mu, NULL);

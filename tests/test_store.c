@@ -1148,6 +1148,46 @@ START_TEST(test_concurrent_producer)
 }
 END_TEST
 
+/* WAL checkpoints happen while the store is open, off the writer's commit:
+ * after ~6 MiB of decisions the rows reach the main database file (not only
+ * the WAL) without closing the store. */
+START_TEST(test_background_checkpoint)
+{
+    enum { CK_DIM = 256, CK_N = 3000 };
+    store *s = open_ok(CK_DIM, 256);
+    static double x[CK_DIM];
+    struct stat st0;
+    ck_assert_int_eq(stat(g_db, &st0), 0);
+    for (int i = 0; i < CK_N; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "ck-%d", i);
+        x[i % CK_DIM] = i;
+        struct store_decision d = {
+            .id = id, .arm_name = "a", .x = x, .w = {1, 0, 0}, .created_s = 1e9 + i};
+        int rc;
+        while ((rc = store_put_decision(s, &d, NULL, NULL)) == BD_ERR_BUSY)
+            store_flush(s);
+        ck_assert_int_eq(rc, 0);
+    }
+    drain(s);
+    /* Each row holds CK_DIM*8 bytes of features: at least this much must be
+     * in the main file once the checkpoint covering them has run. */
+    const off_t want = (off_t)CK_N * CK_DIM * 8 * 3 / 4;
+    struct stat stt = {0};
+    for (int t = 0; t < 600; t++) { /* up to 30 s on a loaded machine */
+        ck_assert_int_eq(stat(g_db, &stt), 0);
+        if (stt.st_size >= want)
+            break;
+        usleep(50 * 1000);
+    }
+    ck_assert_msg(stt.st_size >= want, "main db %lld bytes (was %lld), want >= %lld",
+                  (long long)stt.st_size, (long long)st0.st_size, (long long)want);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions"), CK_N);
+    store_close(s);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions"), CK_N);
+}
+END_TEST
+
 /* kill -9 right after the acks: every acknowledged feedback survives. */
 START_TEST(test_kill9_keeps_acked)
 {
@@ -1249,6 +1289,7 @@ static Suite *store_suite(void)
     tcase_add_test(tc, test_full_disk);
     tcase_add_test(tc, test_concurrent_producer);
     tcase_add_test(tc, test_close_delivers);
+    tcase_add_test(tc, test_background_checkpoint);
     tcase_add_test(tc, test_kill9_keeps_acked);
     suite_add_tcase(su, tc);
     return su;
