@@ -35,7 +35,7 @@
  * checkpointer cannot keep up, e.g. a reader pins the WAL) the writer
  * checkpoints itself after its commit, which bounds the WAL's size. */
 #define CKPT_PAGES 1000
-#define CKPT_HARD_PAGES 16384
+#define CKPT_HARD_PAGES 4096
 #define CKPT_MAX_PASSES 8
 
 enum op_kind { OP_DECISION, OP_COMPLETE, OP_FEEDBACK, OP_SNAPSHOT, OP_PURGE };
@@ -671,8 +671,8 @@ static void *checkpointer_main(void *arg)
         int ok = 0;
         for (int pass = 0; pass < CKPT_MAX_PASSES; pass++) {
             int log = 0, ckpt = 0;
-            int rc = sqlite3_wal_checkpoint_v2(s->cdb, NULL, SQLITE_CHECKPOINT_PASSIVE, &log,
-                                               &ckpt);
+            int rc =
+                sqlite3_wal_checkpoint_v2(s->cdb, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &ckpt);
             if (rc != SQLITE_OK)
                 break; /* I/O error, full disk: retried at the next request */
             ok = 1;

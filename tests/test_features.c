@@ -44,6 +44,25 @@ static int from_json(const char *json, double *x, int d)
     return rc;
 }
 
+/* The hashed block weighs half the bias (docs/router.md, docs/results.md),
+ * whatever the prompt's length: ||x[1+N_DENSE..)|| / x[0] = 0.5 before and
+ * after the final normalisation (it scales both alike). */
+START_TEST(test_text_block_weight)
+{
+    static char longp[8192];
+    for (size_t i = 0; i + 1 < sizeof(longp); i++)
+        longp[i] = "the quick brown fox jumps over 13 lazy dogs "[i % 44];
+    const char *prompts[] = {"hi", "What is 2+2?", longp};
+    for (size_t k = 0; k < sizeof(prompts) / sizeof(prompts[0]); k++) {
+        double x[D];
+        ck_assert_int_eq(features_from_prompt(prompts[k], x, D), BD_OK);
+        check_shape(x, D);
+        double h = norm2(x + 1 + FEATURES_N_DENSE, D - 1 - FEATURES_N_DENSE);
+        ck_assert_double_eq_tol(h / x[0], 0.5, 1e-12);
+    }
+}
+END_TEST
+
 START_TEST(test_deterministic_and_shape)
 {
     double a[D], b[D];
@@ -272,6 +291,7 @@ static Suite *suite(void)
     Suite *s = suite_create("features");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_deterministic_and_shape);
+    tcase_add_test(tc, test_text_block_weight);
     tcase_add_test(tc, test_prompt_equals_request);
     tcase_add_test(tc, test_array_parts_equal_string);
     tcase_add_test(tc, test_different_prompts_differ);
