@@ -434,7 +434,7 @@ static void default_profiles(struct config_router *r)
     static const struct {
         const char *name;
         double q;
-    } defs[] = {{"cheap", 0.2}, {"balanced", 0.7}, {"best", 1.0}};
+    } defs[] = {{"cheap", 0.8}, {"balanced", 0.95}, {"best", 1.0}};
     r->n_profiles = 0;
     for (size_t i = 0; i < sizeof defs / sizeof defs[0]; i++) {
         snprintf(r->profiles[i].name, PREF_NAME_MAX, "%s", defs[i].name);

@@ -110,10 +110,10 @@ START_TEST(test_defaults)
     ck_assert_str_eq(cfg->router.default_preference, "balanced");
     ck_assert_uint_eq(cfg->router.n_profiles, 3);
     const struct pref_profile *p = find_profile(cfg, "cheap");
-    ck_assert(p && fabs(p->w.quality - 0.2) < EPS && fabs(p->w.cost - 0.8) < EPS &&
+    ck_assert(p && fabs(p->w.quality - 0.8) < EPS && fabs(p->w.cost - 0.2) < EPS &&
               p->w.latency == 0);
     p = find_profile(cfg, "balanced");
-    ck_assert(p && fabs(p->w.quality - 0.7) < EPS && fabs(p->w.cost - 0.3) < EPS);
+    ck_assert(p && fabs(p->w.quality - 0.95) < EPS && fabs(p->w.cost - 0.05) < EPS);
     p = find_profile(cfg, "best");
     ck_assert(p && p->w.quality == 1.0 && p->w.cost == 0.0);
     ck_assert_int_eq(cfg->feedback.ttl_s, 86400);
@@ -218,7 +218,7 @@ START_TEST(test_full)
     const struct pref_profile *p = find_profile(cfg, "cheap");
     ck_assert(p && fabs(p->w.quality - 0.1) < EPS && fabs(p->w.cost - 0.9) < EPS);
     p = find_profile(cfg, "balanced");
-    ck_assert(p && fabs(p->w.quality - 0.7) < EPS);
+    ck_assert(p && fabs(p->w.quality - 0.95) < EPS);
     p = find_profile(cfg, "best");
     ck_assert(p && p->w.quality == 1.0);
     p = find_profile(cfg, "fast"); /* 0.2 : 0 : 0.6 normalised = 0.25 : 0 : 0.75 */
