@@ -27,7 +27,7 @@ CHECK_ASAN_E2E_SKIP=${CHECK_ASAN_E2E_SKIP:-t_fuzz_smoke t_install t_replay}
 # valgrind: the parsers and stores (test_linucb*, test_router and test_replay
 # are numeric/CPU-bound: minutes under valgrind); the daemon for the request
 # path, hostile input and the feedback API.
-CHECK_VG_UNIT=${CHECK_VG_UNIT:-test_auth test_config test_dataset test_decisions test_features test_feedback test_health test_metrics test_openai test_pref test_reload test_store test_store_redis}
+CHECK_VG_UNIT=${CHECK_VG_UNIT:-test_auth test_config test_dataset test_decisions test_features test_feedback test_health test_metrics test_openai test_pref test_reload test_store test_store_redis test_util}
 CHECK_VG_E2E=${CHECK_VG_E2E:-t_smoke t_proxy t_errors t_feedback_api}
 FAULTS_N_ASAN=${FAULTS_N_ASAN:-5000}
 
@@ -100,7 +100,8 @@ if want unit; then
 fi
 if want e2e; then
     if [ $build_ok = 0 ]; then skip e2e "build failed"; else
-        run_phase e2e env BUILD=$BUILD tests/e2e/run.sh; fi
+        run_phase e2e env BUILD=$BUILD BANDITD="$PWD/$BUILD/banditd" \
+            BANDITD_SIM="$PWD/$BUILD/banditd-sim" tests/e2e/run.sh; fi
 fi
 if want asan-build; then
     run_phase asan-build $MAKE --no-print-directory -j"$JOBS" SANITIZE=$SAN all unit-build ||
@@ -113,7 +114,8 @@ if want asan-unit; then
 fi
 if want asan-e2e; then
     if [ $asan_ok = 0 ]; then skip asan-e2e "asan-build failed"; else
-        run_phase asan-e2e env BUILD=build-san E2E_LABEL=e2e-asan E2E_SKIP="$CHECK_ASAN_E2E_SKIP" \
+        run_phase asan-e2e env BUILD=build-san BANDITD="$PWD/build-san/banditd" \
+            BANDITD_SIM="$PWD/build-san/banditd-sim" E2E_LABEL=e2e-asan E2E_SKIP="$CHECK_ASAN_E2E_SKIP" \
             FAULTS_N="$FAULTS_N_ASAN" tests/e2e/run.sh; fi
 fi
 if want vg-unit || want vg-e2e; then
@@ -131,6 +133,7 @@ fi
 if want vg-e2e; then
     if [ $build_ok = 0 ]; then skip vg-e2e "build failed"; else
         run_phase vg-e2e env BUILD=build BANDITD="$PWD/tests/e2e/banditd-valgrind" \
+            BANDITD_SIM="$PWD/build/banditd-sim" \
             BANDITD_REAL="$PWD/build/banditd" E2E_TIMEOUT_SCALE=${E2E_TIMEOUT_SCALE:-6} \
             E2E_LABEL=e2e-valgrind E2E_ONLY="$CHECK_VG_E2E" tests/e2e/run.sh; fi
 fi

@@ -4,13 +4,13 @@
 #   2. banditd routes every prompt between the two simulated arms
 #   3. the demo client posts the logged quality of the chosen arm as feedback
 #   4. a final table, plus the offline Pareto curve from `banditd replay`
-# Everything it starts, it stops. Env: PREF (default balanced), SEED (1),
+# Everything it starts, it stops. Env: PREF (default 0.9: see docs/results.md, "The demo"), SEED (1),
 # SPEED (simulator speed-up, 200), CONC (client concurrency, 16), LIMIT (rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 DATA=${DATA:-data/routellm_gpt4_vs_mixtral.dev.jsonl.gz}
-PREF=${PREF:-balanced}
+PREF=${PREF:-0.9}
 SEED=${SEED:-1}
 SPEED=${SPEED:-200}
 CONC=${CONC:-16}
