@@ -33,17 +33,6 @@ struct dataset {
     size_t index_cap; /* power of two */
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static char *xstrdup(const char *s)
 {
@@ -405,7 +394,7 @@ int dataset_load(const char *path, unsigned flags, dataset **out, char *err, siz
     if (gz) {
         FILE *probe = fopen(path, "rb"); /* popen cannot tell us the file is missing */
         if (!probe) {
-            set_err(err, errlen, "%s: %s", path, strerror(errno));
+            util_errf(err, errlen, "%s: %s", path, strerror(errno));
             return BD_ERR_IO;
         }
         fclose(probe);
@@ -414,7 +403,7 @@ int dataset_load(const char *path, unsigned flags, dataset **out, char *err, siz
         f = fopen(path, "r");
     }
     if (!f) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        util_errf(err, errlen, "%s: %s", path, strerror(errno));
         return BD_ERR_IO;
     }
     dataset *ds = calloc(1, sizeof *ds);
@@ -430,10 +419,10 @@ int dataset_load(const char *path, unsigned flags, dataset **out, char *err, siz
         if (r < 0) {
             rc = r;
             if (r == BD_ERR_TOOBIG)
-                set_err(err, errlen, "%s:%zu: line longer than %u bytes", path, lineno,
+                util_errf(err, errlen, "%s:%zu: line longer than %u bytes", path, lineno,
                         DATASET_LINE_MAX);
             else
-                set_err(err, errlen, "%s:%zu: out of memory", path, lineno);
+                util_errf(err, errlen, "%s:%zu: out of memory", path, lineno);
             break;
         }
         size_t s = 0;
@@ -443,7 +432,7 @@ int dataset_load(const char *path, unsigned flags, dataset **out, char *err, siz
             continue;
         if (ds->n_rows >= DATASET_MAX_ROWS) {
             rc = BD_ERR_TOOBIG;
-            set_err(err, errlen, "%s:%zu: more than %d rows", path, lineno, DATASET_MAX_ROWS);
+            util_errf(err, errlen, "%s:%zu: more than %d rows", path, lineno, DATASET_MAX_ROWS);
             break;
         }
         if (ds->n_rows == ds->cap_rows) {
@@ -451,7 +440,7 @@ int dataset_load(const char *path, unsigned flags, dataset **out, char *err, siz
             struct dataset_row *nr = realloc(ds->rows, nc * sizeof *nr);
             if (!nr) {
                 rc = BD_ERR_NOMEM;
-                set_err(err, errlen, "%s:%zu: out of memory", path, lineno);
+                util_errf(err, errlen, "%s:%zu: out of memory", path, lineno);
                 break;
             }
             ds->rows = nr;
@@ -459,7 +448,7 @@ int dataset_load(const char *path, unsigned flags, dataset **out, char *err, siz
         }
         rc = parse_row(ds, buf + s, len - s, flags, &ds->rows[ds->n_rows], what, sizeof what);
         if (rc != BD_OK) {
-            set_err(err, errlen, "%s:%zu: %s", path, lineno,
+            util_errf(err, errlen, "%s:%zu: %s", path, lineno,
                     rc == BD_ERR_NOMEM ? "out of memory" : what);
             break;
         }
@@ -470,16 +459,16 @@ int dataset_load(const char *path, unsigned flags, dataset **out, char *err, siz
     int st = gz ? pclose(f) : fclose(f);
     if (rc == BD_OK && (ioerr || (gz && (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)))) {
         rc = BD_ERR_IO;
-        set_err(err, errlen, "%s: read failed%s", path, gz ? " (gzip -dc)" : "");
+        util_errf(err, errlen, "%s: read failed%s", path, gz ? " (gzip -dc)" : "");
     }
     if (rc == BD_OK && ds->n_rows == 0) {
         rc = BD_ERR_INVALID;
-        set_err(err, errlen, "%s: no rows", path);
+        util_errf(err, errlen, "%s: no rows", path);
     }
     if (rc == BD_OK) {
         rc = build_index(ds);
         if (rc != BD_OK)
-            set_err(err, errlen, "%s: out of memory", path);
+            util_errf(err, errlen, "%s: out of memory", path);
     }
     if (rc != BD_OK) {
         dataset_destroy(ds);
@@ -496,7 +485,7 @@ int dataset_load_prices(dataset *ds, const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        util_errf(err, errlen, "%s: %s", path, strerror(errno));
         return BD_ERR_IO;
     }
     char *text = malloc(PRICES_FILE_MAX + 1);
@@ -506,14 +495,14 @@ int dataset_load_prices(dataset *ds, const char *path, char *err, size_t errlen)
         return BD_ERR_NOMEM;
     if (n > PRICES_FILE_MAX) {
         free(text);
-        set_err(err, errlen, "%s: larger than %u bytes", path, PRICES_FILE_MAX);
+        util_errf(err, errlen, "%s: larger than %u bytes", path, PRICES_FILE_MAX);
         return BD_ERR_TOOBIG;
     }
     cJSON *o = cJSON_ParseWithLength(text, n);
     free(text);
     int rc = BD_OK;
     if (!cJSON_IsObject(o)) {
-        set_err(err, errlen, "%s: not a JSON object", path);
+        util_errf(err, errlen, "%s: not a JSON object", path);
         rc = BD_ERR_INVALID;
     }
     double pin[DATASET_MAX_MODELS], pout[DATASET_MAX_MODELS];
@@ -522,7 +511,7 @@ int dataset_load_prices(dataset *ds, const char *path, char *err, size_t errlen)
         double a, b;
         if (!cJSON_IsObject(c) || get_num(c, "input", 1, 0.0, &a) < 0 ||
             get_num(c, "output", 1, 0.0, &b) < 0) {
-            set_err(err, errlen, "%s: %s: needs numbers \"input\" and \"output\" >= 0", path,
+            util_errf(err, errlen, "%s: %s: needs numbers \"input\" and \"output\" >= 0", path,
                     c->string ? c->string : "?");
             rc = BD_ERR_INVALID;
             break;

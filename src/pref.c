@@ -1,6 +1,7 @@
 /* pref — parse X-Bandit-Preference values into normalised weights. */
 #include "banditd/pref.h"
 #include "banditd/err.h"
+#include "banditd/util.h"
 
 #include <assert.h>
 #include <math.h>
@@ -33,16 +34,6 @@ struct pref_weights pref_from_tolerance(double t)
     return w;
 }
 
-__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen, const char *fmt,
-                                                         ...)
-{
-    if (err && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-}
 
 static int is_space(char c)
 {
@@ -125,13 +116,13 @@ static int parse_explicit(const char *s, size_t n, struct pref_weights *out, cha
         size_t ilen = end - pos;
         trim(&item, &ilen);
         if (ilen == 0) {
-            seterr(err, errlen, "%sempty item in weights (expected key=value, ...)",
+            util_errf(err, errlen, "%sempty item in weights (expected key=value, ...)",
                    "invalid preference: ");
             return BD_ERR_INVALID;
         }
         const char *eq = memchr(item, '=', ilen);
         if (!eq) {
-            seterr(err, errlen, "invalid preference: item without '=' (expected %s)",
+            util_errf(err, errlen, "invalid preference: item without '=' (expected %s)",
                    "quality=Q,cost=C,latency=L");
             return BD_ERR_INVALID;
         }
@@ -156,13 +147,13 @@ static int parse_explicit(const char *s, size_t n, struct pref_weights *out, cha
             return BD_ERR_INVALID;
         }
         if (seen[idx]) {
-            seterr(err, errlen, "invalid preference: key '%s' given more than once", keys[idx]);
+            util_errf(err, errlen, "invalid preference: key '%s' given more than once", keys[idx]);
             return BD_ERR_INVALID;
         }
         seen[idx] = 1;
         double d;
         if (parse_number(v, vlen, &d) != 0 || !in_unit(d)) {
-            seterr(err, errlen, "invalid preference: %s must be a number in [0,1]", keys[idx]);
+            util_errf(err, errlen, "invalid preference: %s must be a number in [0,1]", keys[idx]);
             return BD_ERR_INVALID;
         }
         vals[idx] = d + 0.0;
@@ -172,7 +163,7 @@ static int parse_explicit(const char *s, size_t n, struct pref_weights *out, cha
     }
     if (seen[3]) {
         if (seen[0] || seen[1] || seen[2]) {
-            seterr(err, errlen, "invalid preference: %s",
+            util_errf(err, errlen, "invalid preference: %s",
                    "tolerance cannot be combined with quality/cost/latency weights");
             return BD_ERR_INVALID;
         }
@@ -181,7 +172,7 @@ static int parse_explicit(const char *s, size_t n, struct pref_weights *out, cha
     }
     double sum = vals[0] + vals[1] + vals[2];
     if (!(sum > 0.0)) {
-        seterr(err, errlen, "invalid preference: %s", "weights must sum to more than 0");
+        util_errf(err, errlen, "invalid preference: %s", "weights must sum to more than 0");
         return BD_ERR_INVALID;
     }
     out->quality = vals[0] / sum;
@@ -205,14 +196,14 @@ int pref_parse(const char *value, size_t len, const struct pref_profile *profile
         return BD_ERR_INVALID;
     }
     if (len > 0 && memchr(value, '\0', len) != NULL) {
-        seterr(err, errlen, "invalid preference: %s", "contains a NUL byte");
+        util_errf(err, errlen, "invalid preference: %s", "contains a NUL byte");
         return BD_ERR_INVALID;
     }
     const char *s = value;
     size_t sn = len;
     trim(&s, &sn);
     if (sn == 0) {
-        seterr(err, errlen, "invalid preference: %s",
+        util_errf(err, errlen, "invalid preference: %s",
                "empty (expected a number in [0,1], a profile name or quality=..,cost=..)");
         return BD_ERR_INVALID;
     }
@@ -230,7 +221,7 @@ int pref_parse(const char *value, size_t len, const struct pref_profile *profile
     int rc = parse_number(s, sn, &q);
     if (rc == 0) {
         if (!in_unit(q)) {
-            seterr(err, errlen, "invalid preference: %s",
+            util_errf(err, errlen, "invalid preference: %s",
                    "a number must be in [0,1] (the weight on quality)");
             return BD_ERR_INVALID;
         }

@@ -36,17 +36,6 @@ struct state {
     uint64_t dropped;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- feedback_arms ---- */
 
@@ -97,7 +86,7 @@ static int restore_arm_cb(const struct store_arm_state *a, void *ud)
     }
     int rc = linucb_set_state(router_model_mut(s->rt, i), a->A, a->b, a->n);
     if (rc != BD_OK) {
-        set_err(c->err, c->errlen,
+        util_errf(c->err, c->errlen,
                 "snapshot of arm %s is unusable (%s); restore a backup or use --reset-state",
                 a->arm_name, bd_strerror(rc));
         return rc;
@@ -179,7 +168,7 @@ int state_open(const struct config *cfg, router *rt, decisions *ds, unsigned fla
     memset(info, 0, sizeof *info);
     state *s = calloc(1, sizeof *s);
     if (!s) {
-        set_err(err, errlen, "out of memory");
+        util_errf(err, errlen, "out of memory");
         return BD_ERR_NOMEM;
     }
     s->cfg = cfg;
@@ -209,7 +198,7 @@ int state_open(const struct config *cfg, router *rt, decisions *ds, unsigned fla
     }
     if (rc != BD_OK) {
         if (err && errlen && !err[0])
-            set_err(err, errlen, "%s: cannot restore state: %s", cfg->store.path, bd_strerror(rc));
+            util_errf(err, errlen, "%s: cannot restore state: %s", cfg->store.path, bd_strerror(rc));
         store_close(s->st);
         free(s);
         return rc;
@@ -217,7 +206,7 @@ int state_open(const struct config *cfg, router *rt, decisions *ds, unsigned fla
     struct feedback_arms arms = {arm_name_cb, arm_index_cb, s};
     s->fa = feedback_async_create(ds, rt, s->st, &arms, on_applied, s);
     if (!s->fa) {
-        set_err(err, errlen, "out of memory");
+        util_errf(err, errlen, "out of memory");
         store_close(s->st);
         free(s);
         return BD_ERR_NOMEM;

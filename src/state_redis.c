@@ -60,17 +60,6 @@ struct state_redis_job {
     struct ritem *items;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static void fail(struct ritem *r, int status, const char *type, const char *code, const char *param,
                  const char *fmt, ...) __attribute__((format(printf, 6, 7)));
@@ -127,7 +116,7 @@ static int restore_cb(const struct store_arm_state *a, void *ud)
         return 0; /* not configured here: its events are skipped the same way */
     int rc = linucb_set_state(router_model_mut(c->s->rt, i), a->A, a->b, a->n);
     if (rc != BD_OK) {
-        set_err(c->err, c->errlen, "redis snapshot of arm %s is unusable (%s)", a->arm_name,
+        util_errf(c->err, c->errlen, "redis snapshot of arm %s is unusable (%s)", a->arm_name,
                 bd_strerror(rc));
         return rc;
     }
@@ -152,7 +141,7 @@ int state_redis_open(const struct config *cfg, router *rt, decisions *ds, store_
     *out = NULL;
     state_redis *s = calloc(1, sizeof *s);
     if (!s) {
-        set_err(err, errlen, "out of memory");
+        util_errf(err, errlen, "out of memory");
         return BD_ERR_NOMEM;
     }
     s->cfg = cfg;
@@ -178,7 +167,7 @@ int state_redis_open(const struct config *cfg, router *rt, decisions *ds, store_
         rc = store_redis_start(s->st);
     if (rc != BD_OK) {
         if (err && errlen && !err[0])
-            set_err(err, errlen, "redis: cannot restore the model: %s", bd_strerror(rc));
+            util_errf(err, errlen, "redis: cannot restore the model: %s", bd_strerror(rc));
         store_redis_close(s->st);
         free(s);
         return rc;

@@ -19,6 +19,7 @@
 #include <cjson/cJSON.h>
 
 #include "banditd/err.h"
+#include "banditd/util.h"
 
 #define STORE_APP_ID 0x42444231 /* "BDB1": PRAGMA application_id of a banditd db */
 #define STORE_BUSY_TIMEOUT_MS 5000
@@ -144,17 +145,6 @@ struct store {
 
 /* ---------- helpers ---------- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int map_sqlite(int rc)
 {
@@ -206,32 +196,14 @@ static void dec_doubles(double *out, const unsigned char *in, size_t n)
 #endif
 }
 
-static int all_finite(const double *x, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i]))
-            return 0;
-    return 1;
-}
 
-/* Copy a NUL-terminated string of 1..max-1 chars. */
-static int copy_name(char *dst, size_t max, const char *src, int allow_empty)
-{
-    if (!src)
-        return allow_empty ? (dst[0] = '\0', 0) : BD_ERR_INVALID;
-    size_t n = strnlen(src, max);
-    if (n >= max || (n == 0 && !allow_empty))
-        return BD_ERR_INVALID;
-    memcpy(dst, src, n + 1);
-    return 0;
-}
 
 static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
 {
     char *msg = NULL;
     int rc = sqlite3_exec(db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "%s: %s", sql, msg ? msg : sqlite3_errstr(rc));
+        util_errf(err, errlen, "%s: %s", sql, msg ? msg : sqlite3_errstr(rc));
         sqlite3_free(msg);
         return map_sqlite(rc);
     }
@@ -323,7 +295,7 @@ static int create_fresh(const char *path, int dim, char *err, size_t errlen)
     int rc = sqlite3_open_v2(tmp, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     int r = 0;
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "%s: cannot create database: %s", path,
+        util_errf(err, errlen, "%s: cannot create database: %s", path,
                 db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
         r = map_sqlite(rc) == BD_ERR_NOMEM ? BD_ERR_NOMEM : BD_ERR_IO;
         goto out;
@@ -345,12 +317,12 @@ static int create_fresh(const char *path, int dim, char *err, size_t errlen)
     rc = sqlite3_close(db); /* checkpoints and removes tmp's -wal */
     db = NULL;
     if (rc != SQLITE_OK || fsync_path(tmp, 0) != 0) {
-        set_err(err, errlen, "%s: cannot finish new database: %s", path, strerror(errno));
+        util_errf(err, errlen, "%s: cannot finish new database: %s", path, strerror(errno));
         r = BD_ERR_IO;
         goto out;
     }
     if (rename(tmp, path) != 0) {
-        set_err(err, errlen, "%s: rename from %s: %s", path, tmp, strerror(errno));
+        util_errf(err, errlen, "%s: rename from %s: %s", path, tmp, strerror(errno));
         r = BD_ERR_IO;
         goto out;
     }
@@ -378,7 +350,7 @@ static int validate(sqlite3 *db, const char *path, int dim, int *version, char *
     char v[256];
     int rc = query_text(db, "PRAGMA application_id", v, sizeof v);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen,
+        util_errf(err, errlen,
                 "%s: exists but is not a readable SQLite database (%s); refusing to start "
                 "fresh: move it away, restore a backup, or use --reset-state",
                 path, sqlite3_errmsg(db));
@@ -386,7 +358,7 @@ static int validate(sqlite3 *db, const char *path, int dim, int *version, char *
         return m == BD_ERR_IO ? BD_ERR_CORRUPT : m;
     }
     if (atol(v) != STORE_APP_ID) {
-        set_err(err, errlen,
+        util_errf(err, errlen,
                 "%s: exists but is not a banditd database (application_id %s); refusing to "
                 "touch it: move it away or use --reset-state",
                 path, v);
@@ -394,7 +366,7 @@ static int validate(sqlite3 *db, const char *path, int dim, int *version, char *
     }
     rc = query_text(db, "PRAGMA quick_check", v, sizeof v);
     if (rc != SQLITE_OK || strcmp(v, "ok") != 0) {
-        set_err(err, errlen,
+        util_errf(err, errlen,
                 "%s: database is corrupt (quick_check: %s); restore a backup, salvage it "
                 "with `sqlite3 %s .recover`, or use --reset-state",
                 path, rc != SQLITE_OK ? sqlite3_errmsg(db) : v, path);
@@ -402,13 +374,13 @@ static int validate(sqlite3 *db, const char *path, int dim, int *version, char *
     }
     rc = query_text(db, "SELECT value FROM meta WHERE key='schema_version'", v, sizeof v);
     if (rc != SQLITE_OK || v[0] == '\0') {
-        set_err(err, errlen, "%s: banditd database without a schema version (%s)", path,
+        util_errf(err, errlen, "%s: banditd database without a schema version (%s)", path,
                 rc != SQLITE_OK ? sqlite3_errmsg(db) : "missing");
         return BD_ERR_CORRUPT;
     }
     *version = atoi(v);
     if (*version != STORE_SCHEMA_VERSION && *version != 1) {
-        set_err(err, errlen,
+        util_errf(err, errlen,
                 "%s: schema version %s, this banditd supports 1 (migrated) and %d; use a "
                 "matching banditd",
                 path, v, STORE_SCHEMA_VERSION);
@@ -416,11 +388,11 @@ static int validate(sqlite3 *db, const char *path, int dim, int *version, char *
     }
     rc = query_text(db, "SELECT value FROM meta WHERE key='dim'", v, sizeof v);
     if (rc != SQLITE_OK || atoi(v) <= 0) {
-        set_err(err, errlen, "%s: banditd database without a valid dim", path);
+        util_errf(err, errlen, "%s: banditd database without a valid dim", path);
         return BD_ERR_CORRUPT;
     }
     if (atoi(v) != dim) {
-        set_err(err, errlen, "store has dim=%d, config says dim=%d; use --reset-state or migrate",
+        util_errf(err, errlen, "store has dim=%d, config says dim=%d; use --reset-state or migrate",
                 atoi(v), dim);
         return BD_ERR_INVALID;
     }
@@ -449,7 +421,7 @@ static int migrate_v1(sqlite3 *db, const char *path, char *err, size_t errlen)
     if (r) {
         if (!sqlite3_get_autocommit(db))
             sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-        set_err(err, errlen, "%s: migration from schema 1 to %d failed (nothing changed): %s", path,
+        util_errf(err, errlen, "%s: migration from schema 1 to %d failed (nothing changed): %s", path,
                 STORE_SCHEMA_VERSION, msg);
     }
     return r;
@@ -462,7 +434,7 @@ static int remove_files(const char *path, char *err, size_t errlen)
     for (size_t i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
         snprintf(p, sizeof p, "%s%s", path, sfx[i]);
         if (unlink(p) != 0 && errno != ENOENT) {
-            set_err(err, errlen, "%s: cannot delete for reset: %s", p, strerror(errno));
+            util_errf(err, errlen, "%s: cannot delete for reset: %s", p, strerror(errno));
             return BD_ERR_IO;
         }
     }
@@ -809,7 +781,7 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     *out = NULL;
     if (!path || !path[0] || strlen(path) > 4000 || dim < 1 || dim > STORE_MAX_DIM ||
         queue_cap < 1 || queue_cap > (1u << 24)) {
-        set_err(err, errlen, "store_open: invalid arguments (path, dim 1..%d, queue_cap >= 1)",
+        util_errf(err, errlen, "store_open: invalid arguments (path, dim 1..%d, queue_cap >= 1)",
                 STORE_MAX_DIM);
         return BD_ERR_INVALID;
     }
@@ -819,14 +791,14 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     struct stat stt;
     if (stat(path, &stt) != 0) {
         if (errno != ENOENT) {
-            set_err(err, errlen, "%s: %s", path, strerror(errno));
+            util_errf(err, errlen, "%s: %s", path, strerror(errno));
             return BD_ERR_IO;
         }
         /* A WAL without its database would be replayed into the new file. */
         char wal[4100];
         snprintf(wal, sizeof wal, "%s-wal", path);
         if (stat(wal, &stt) == 0) {
-            set_err(err, errlen,
+            util_errf(err, errlen,
                     "%s does not exist but %s does (the database was removed without its "
                     "WAL); refusing to start fresh: move the WAL away or use --reset-state",
                     path, wal);
@@ -835,7 +807,7 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
         if ((r = create_fresh(path, dim, err, errlen)))
             return r;
     } else if (!S_ISREG(stt.st_mode)) {
-        set_err(err, errlen, "%s: exists but is not a regular file", path);
+        util_errf(err, errlen, "%s: exists but is not a regular file", path);
         return BD_ERR_CORRUPT;
     }
 
@@ -855,7 +827,7 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     }
     int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, NULL);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "%s: cannot open: %s", path,
+        util_errf(err, errlen, "%s: cannot open: %s", path,
                 s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
         r = map_sqlite(rc) == BD_ERR_NOMEM ? BD_ERR_NOMEM : BD_ERR_IO;
         goto fail;
@@ -868,7 +840,7 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     char mode[32];
     rc = query_text(s->db, "PRAGMA journal_mode=WAL", mode, sizeof mode);
     if (rc != SQLITE_OK || strcmp(mode, "wal") != 0) {
-        set_err(err, errlen, "%s: cannot enable WAL (%s)", path,
+        util_errf(err, errlen, "%s: cannot enable WAL (%s)", path,
                 rc != SQLITE_OK ? sqlite3_errmsg(s->db) : mode);
         r = BD_ERR_IO;
         goto fail;
@@ -886,21 +858,21 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     for (int i = 0; i < ST_COUNT; i++) {
         rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
         if (rc != SQLITE_OK) {
-            set_err(err, errlen, "%s: prepare: %s", path, sqlite3_errmsg(s->db));
+            util_errf(err, errlen, "%s: prepare: %s", path, sqlite3_errmsg(s->db));
             r = BD_ERR_CORRUPT;
             goto fail;
         }
     }
     rc = sqlite3_open_v2(path, &s->rdb, SQLITE_OPEN_READONLY, NULL);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "%s: cannot open for reading: %s", path, sqlite3_errstr(rc));
+        util_errf(err, errlen, "%s: cannot open for reading: %s", path, sqlite3_errstr(rc));
         r = BD_ERR_IO;
         goto fail;
     }
     sqlite3_busy_timeout(s->rdb, STORE_BUSY_TIMEOUT_MS);
     rc = sqlite3_open_v2(path, &s->cdb, SQLITE_OPEN_READWRITE, NULL);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "%s: cannot open for checkpoints: %s", path, sqlite3_errstr(rc));
+        util_errf(err, errlen, "%s: cannot open for checkpoints: %s", path, sqlite3_errstr(rc));
         r = BD_ERR_IO;
         goto fail;
     }
@@ -911,7 +883,7 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     pthread_mutex_init(&s->ck_mu, NULL);
     pthread_cond_init(&s->ck_cv, NULL);
     if (pthread_create(&s->ck_thread, NULL, checkpointer_main, s) != 0) {
-        set_err(err, errlen, "store: cannot start the checkpointer thread");
+        util_errf(err, errlen, "store: cannot start the checkpointer thread");
         r = BD_ERR_NOMEM;
         goto fail;
     }
@@ -921,7 +893,7 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     pthread_cond_init(&s->q_cv, NULL);
     pthread_mutex_init(&s->done_mu, NULL);
     if (pthread_create(&s->thread, NULL, writer_main, s) != 0) {
-        set_err(err, errlen, "store: cannot start the writer thread");
+        util_errf(err, errlen, "store: cannot start the writer thread");
         pthread_mutex_destroy(&s->q_mu);
         pthread_cond_destroy(&s->q_cv);
         pthread_mutex_destroy(&s->done_mu);
@@ -1043,15 +1015,15 @@ static int enqueue_or_free(store *s, struct op *o)
 
 int store_put_decision(store *s, const struct store_decision *d, store_done_fn cb, void *ud)
 {
-    if (!d || !d->x || !all_finite(d->x, (size_t)s->dim))
+    if (!d || !d->x || !util_all_finite(d->x, (size_t)s->dim))
         return BD_ERR_INVALID;
     size_t xlen = (size_t)s->dim * 8;
     struct op *o = op_new(OP_DECISION, xlen, cb, ud);
     if (!o)
         return BD_ERR_NOMEM;
-    if (copy_name(o->id, sizeof o->id, d->id, 0) ||
-        copy_name(o->id2, sizeof o->id2, d->completion_id, 1) ||
-        copy_name(o->arm, sizeof o->arm, d->arm_name, 0)) {
+    if (util_copy_name(o->id, sizeof o->id, d->id, 0) ||
+        util_copy_name(o->id2, sizeof o->id2, d->completion_id, 1) ||
+        util_copy_name(o->arm, sizeof o->arm, d->arm_name, 0)) {
         free_op(o);
         return BD_ERR_INVALID;
     }
@@ -1097,8 +1069,8 @@ int store_complete_decision(store *s, const char *id, const char *completion_id,
     struct op *o = op_new(OP_COMPLETE, 0, NULL, NULL);
     if (!o)
         return BD_ERR_NOMEM;
-    if (copy_name(o->id, sizeof o->id, id, 0) ||
-        copy_name(o->id2, sizeof o->id2, completion_id, 1)) {
+    if (util_copy_name(o->id, sizeof o->id, id, 0) ||
+        util_copy_name(o->id2, sizeof o->id2, completion_id, 1)) {
         free_op(o);
         return BD_ERR_INVALID;
     }
@@ -1111,13 +1083,13 @@ int store_put_feedback(store *s, const char *request_id, const char *arm_name, c
                        int dim, double reward, double at_s, store_done_fn cb, void *ud)
 {
     if (!cb || !x || dim != s->dim || !isfinite(reward) || !isfinite(at_s) ||
-        !all_finite(x, (size_t)dim))
+        !util_all_finite(x, (size_t)dim))
         return BD_ERR_INVALID;
     struct op *o = op_new(OP_FEEDBACK, (size_t)dim * 8, cb, ud);
     if (!o)
         return BD_ERR_NOMEM;
-    if (copy_name(o->id, sizeof o->id, request_id, 0) ||
-        copy_name(o->arm, sizeof o->arm, arm_name, 0)) {
+    if (util_copy_name(o->id, sizeof o->id, request_id, 0) ||
+        util_copy_name(o->arm, sizeof o->arm, arm_name, 0)) {
         free_op(o);
         return BD_ERR_INVALID;
     }
@@ -1155,7 +1127,7 @@ int store_put_snapshot(store *s, const struct store_arm_state *arms, int n, stor
     o->n_snap = n;
     for (int i = 0; i < n; i++) {
         struct snap_arm *a = &o->snap[i];
-        if (copy_name(a->name, sizeof a->name, arms[i].arm_name, 0)) {
+        if (util_copy_name(a->name, sizeof a->name, arms[i].arm_name, 0)) {
             free_op(o);
             return BD_ERR_INVALID;
         }
@@ -1402,7 +1374,7 @@ static int export_rows(sqlite3 *db, FILE *out, int dim, int feedback, char *err,
     sqlite3_stmt *st = NULL;
     int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "export: %s", sqlite3_errmsg(db));
+        util_errf(err, errlen, "export: %s", sqlite3_errmsg(db));
         return map_sqlite(rc) == BD_ERR_IO ? BD_ERR_CORRUPT : map_sqlite(rc);
     }
     double *buf = malloc((size_t)dim * sizeof *buf);
@@ -1412,7 +1384,7 @@ static int export_rows(sqlite3 *db, FILE *out, int dim, int feedback, char *err,
         cJSON *x = x_array(st, 3, dim, buf);
         if (!o || !x) {
             r = !x && o ? BD_ERR_CORRUPT : BD_ERR_NOMEM;
-            set_err(err, errlen, "export: bad row (features blob of the wrong size?)");
+            util_errf(err, errlen, "export: bad row (features blob of the wrong size?)");
             cJSON_Delete(o);
             cJSON_Delete(x);
             break;
@@ -1455,10 +1427,10 @@ static int export_rows(sqlite3 *db, FILE *out, int dim, int feedback, char *err,
         }
         r = emit_line(o, out);
         if (r)
-            set_err(err, errlen, "export: %s", r == BD_ERR_IO ? "write failed" : "out of memory");
+            util_errf(err, errlen, "export: %s", r == BD_ERR_IO ? "write failed" : "out of memory");
     }
     if (!r && rc != SQLITE_DONE) {
-        set_err(err, errlen, "export: %s", sqlite3_errmsg(db));
+        util_errf(err, errlen, "export: %s", sqlite3_errmsg(db));
         r = map_sqlite(rc);
     }
     sqlite3_finalize(st);
@@ -1469,19 +1441,19 @@ static int export_rows(sqlite3 *db, FILE *out, int dim, int feedback, char *err,
 int store_export(const char *path, FILE *out, char *err, size_t errlen)
 {
     if (!path || !out) {
-        set_err(err, errlen, "export: no path or output");
+        util_errf(err, errlen, "export: no path or output");
         return BD_ERR_INVALID;
     }
     struct stat stt;
     if (stat(path, &stt) != 0) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        util_errf(err, errlen, "%s: %s", path, strerror(errno));
         return errno == ENOENT ? BD_ERR_NOTFOUND : BD_ERR_IO;
     }
     sqlite3 *db = NULL;
     int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL);
     int r = 0;
     if (rc != SQLITE_OK) {
-        set_err(err, errlen, "%s: cannot open read-only: %s", path,
+        util_errf(err, errlen, "%s: cannot open read-only: %s", path,
                 db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
         sqlite3_close(db);
         return BD_ERR_IO;
@@ -1490,7 +1462,7 @@ int store_export(const char *path, FILE *out, char *err, size_t errlen)
     char v[64];
     rc = query_text(db, "PRAGMA application_id", v, sizeof v);
     if (rc != SQLITE_OK || atol(v) != STORE_APP_ID) {
-        set_err(err, errlen, "%s: not a banditd database", path);
+        util_errf(err, errlen, "%s: not a banditd database", path);
         r = BD_ERR_CORRUPT;
         goto out;
     }
@@ -1504,7 +1476,7 @@ int store_export(const char *path, FILE *out, char *err, size_t errlen)
         SQLITE_OK)
         ver = atoi(v);
     if (dim < 1 || dim > STORE_MAX_DIM || ver < 1) {
-        set_err(err, errlen, "%s: banditd database without valid meta", path);
+        util_errf(err, errlen, "%s: banditd database without valid meta", path);
         r = BD_ERR_CORRUPT;
         goto out;
     }
@@ -1523,7 +1495,7 @@ int store_export(const char *path, FILE *out, char *err, size_t errlen)
         (r = export_rows(db, out, dim, 1, err, errlen)))
         goto out;
     if (fflush(out) != 0) {
-        set_err(err, errlen, "export: write failed: %s", strerror(errno));
+        util_errf(err, errlen, "export: write failed: %s", strerror(errno));
         r = BD_ERR_IO;
     }
 out:

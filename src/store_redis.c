@@ -231,17 +231,6 @@ struct store_redis {
 
 /* ---------- small helpers ---------- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static void put_u64le(unsigned char *p, uint64_t u)
 {
@@ -284,24 +273,7 @@ static void dec_doubles(double *out, const unsigned char *in, size_t n)
         out[i] = get_f64(in + 8 * i);
 }
 
-static int all_finite(const double *x, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(x[i]))
-            return 0;
-    return 1;
-}
 
-static int copy_name(char *dst, size_t max, const char *src, int allow_empty)
-{
-    if (!src)
-        return allow_empty ? (dst[0] = '\0', 0) : BD_ERR_INVALID;
-    size_t n = strnlen(src, max);
-    if (n >= max || (n == 0 && !allow_empty))
-        return BD_ERR_INVALID;
-    memcpy(dst, src, n + 1);
-    return 0;
-}
 
 /* Features: 'D' + dim LE doubles, or 'S' + (u32 index, f64 value) pairs in
  * increasing index order, whichever is smaller. Returns a malloc'd buffer. */
@@ -360,7 +332,7 @@ static int dec_x(const char *buf, size_t len, int dim, double *out)
     } else {
         return BD_ERR_CORRUPT;
     }
-    return all_finite(out, (size_t)dim) ? 0 : BD_ERR_CORRUPT;
+    return util_all_finite(out, (size_t)dim) ? 0 : BD_ERR_CORRUPT;
 }
 
 static int parse_double(const char *s, size_t len, double *out)
@@ -525,11 +497,11 @@ static int conn_open(store_redis *s, int timeout_ms, redisContext **out, char *e
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
     redisContext *c = redisConnectWithTimeout(s->cc.host, s->cc.port, tv);
     if (!c) {
-        set_err(err, errlen, "redis %s:%d: out of memory", s->cc.host, s->cc.port);
+        util_errf(err, errlen, "redis %s:%d: out of memory", s->cc.host, s->cc.port);
         return BD_ERR_NOMEM;
     }
     if (c->err) {
-        set_err(err, errlen, "redis %s:%d: %s", s->cc.host, s->cc.port, c->errstr);
+        util_errf(err, errlen, "redis %s:%d: %s", s->cc.host, s->cc.port, c->errstr);
         redisFree(c);
         return BD_ERR_IO;
     }
@@ -539,7 +511,7 @@ static int conn_open(store_redis *s, int timeout_ms, redisContext **out, char *e
     if (s->cc.password[0]) {
         r = cmd(c, "AUTH %s", s->cc.password);
         if (!r || r->type == REDIS_REPLY_ERROR) {
-            set_err(err, errlen, "redis AUTH: %s", r ? r->str : c->errstr);
+            util_errf(err, errlen, "redis AUTH: %s", r ? r->str : c->errstr);
             rc = r ? BD_ERR_INVALID : BD_ERR_IO;
             goto out;
         }
@@ -548,7 +520,7 @@ static int conn_open(store_redis *s, int timeout_ms, redisContext **out, char *e
     if (s->cc.db) {
         r = cmd(c, "SELECT %d", s->cc.db);
         if (!r || r->type == REDIS_REPLY_ERROR) {
-            set_err(err, errlen, "redis SELECT %d: %s", s->cc.db, r ? r->str : c->errstr);
+            util_errf(err, errlen, "redis SELECT %d: %s", s->cc.db, r ? r->str : c->errstr);
             rc = r ? BD_ERR_INVALID : BD_ERR_IO;
             goto out;
         }
@@ -558,19 +530,19 @@ static int conn_open(store_redis *s, int timeout_ms, redisContext **out, char *e
     key(s, mk, "meta", NULL);
     r = cmd(c, "HSETNX %s dim %d", mk, s->dim);
     if (!r || r->type == REDIS_REPLY_ERROR) {
-        set_err(err, errlen, "redis HSETNX %s: %s", mk, r ? r->str : c->errstr);
+        util_errf(err, errlen, "redis HSETNX %s: %s", mk, r ? r->str : c->errstr);
         rc = BD_ERR_IO;
         goto out;
     }
     freeReplyObject(r);
     r = cmd(c, "HGET %s dim", mk);
     if (!r || r->type != REDIS_REPLY_STRING) {
-        set_err(err, errlen, "redis %s: dim unreadable", mk);
+        util_errf(err, errlen, "redis %s: dim unreadable", mk);
         rc = r ? BD_ERR_CORRUPT : BD_ERR_IO;
         goto out;
     }
     if (atoi(r->str) != s->dim) {
-        set_err(err, errlen, "redis has dim=%s, config says dim=%d; use another prefix or migrate",
+        util_errf(err, errlen, "redis has dim=%s, config says dim=%d; use another prefix or migrate",
                 r->str, s->dim);
         rc = BD_ERR_INVALID;
         goto out;
@@ -579,7 +551,7 @@ static int conn_open(store_redis *s, int timeout_ms, redisContext **out, char *e
     for (int i = 0; i < SC_COUNT; i++) {
         r = cmd(c, "SCRIPT LOAD %s", script_src[i]);
         if (!r || r->type != REDIS_REPLY_STRING || r->len != 40) {
-            set_err(err, errlen, "redis SCRIPT LOAD: %s", r ? (r->str ? r->str : "?") : c->errstr);
+            util_errf(err, errlen, "redis SCRIPT LOAD: %s", r ? (r->str ? r->str : "?") : c->errstr);
             rc = BD_ERR_IO;
             goto out;
         }
@@ -1410,50 +1382,50 @@ int store_redis_open(const char *url, int dim, const struct store_redis_opts *o,
                      char *err, size_t errlen)
 {
     if (!out || !o) {
-        set_err(err, errlen, "store_redis_open: missing arguments");
+        util_errf(err, errlen, "store_redis_open: missing arguments");
         return BD_ERR_INVALID;
     }
     *out = NULL;
     if (dim < 1 || dim > SRD_MAX_DIM || !o->apply || o->queue_cap < 1 || !(o->ttl_s > 0) ||
         o->timeout_ms < 1 || o->block_ms < 1 || o->lookup_wait_ms < 0 || !(o->heartbeat_s > 0) ||
         !(o->replica_stale_s > 0)) {
-        set_err(err, errlen,
+        util_errf(err, errlen,
                 "store_redis_open: invalid options (dim, apply, queue_cap, ttl_s, "
                 "timeouts)");
         return BD_ERR_INVALID;
     }
     store_redis *s = calloc(1, sizeof *s);
     if (!s) {
-        set_err(err, errlen, "out of memory");
+        util_errf(err, errlen, "out of memory");
         return BD_ERR_NOMEM;
     }
     s->dim = dim;
     s->o = *o;
     if (parse_url(url, &s->cc) != 0) {
-        set_err(err, errlen,
+        util_errf(err, errlen,
                 "store.redis: bad url \"%.100s\" (want redis://[:password@]host[:port][/db])",
                 url ? url : "");
         free(s);
         return BD_ERR_INVALID;
     }
-    if (copy_name(s->prefix, sizeof s->prefix, o->prefix ? o->prefix : STORE_REDIS_PREFIX_DEFAULT,
+    if (util_copy_name(s->prefix, sizeof s->prefix, o->prefix ? o->prefix : STORE_REDIS_PREFIX_DEFAULT,
                   0) != 0) {
-        set_err(err, errlen, "store_redis: prefix too long");
+        util_errf(err, errlen, "store_redis: prefix too long");
         free(s);
         return BD_ERR_INVALID;
     }
     s->o.prefix = NULL;
     if (o->replica_id) {
-        if (copy_name(s->replica_id, sizeof s->replica_id, o->replica_id, 0) != 0 ||
+        if (util_copy_name(s->replica_id, sizeof s->replica_id, o->replica_id, 0) != 0 ||
             strchr(s->replica_id, ' ')) {
-            set_err(err, errlen, "store_redis: bad replica id");
+            util_errf(err, errlen, "store_redis: bad replica id");
             free(s);
             return BD_ERR_INVALID;
         }
     } else {
         char hex[33];
         if (util_random_hex128(hex) != 0) {
-            set_err(err, errlen, "store_redis: no randomness for the replica id");
+            util_errf(err, errlen, "store_redis: no randomness for the replica id");
             free(s);
             return BD_ERR_IO;
         }
@@ -1473,7 +1445,7 @@ int store_redis_open(const char *url, int dim, const struct store_redis_opts *o,
         return rc;
     }
     if (pthread_create(&s->worker, NULL, worker_main, s) != 0) {
-        set_err(err, errlen, "store_redis: cannot start the worker thread");
+        util_errf(err, errlen, "store_redis: cannot start the worker thread");
         store_redis_close(s);
         return BD_ERR_NOMEM;
     }
@@ -1564,7 +1536,7 @@ static int load_arm(store_redis *s, const char *name, double *A, double *b,
     if (hash_get(r, "b", &v) || v->len != d * 8)
         goto out;
     dec_doubles(b, (const unsigned char *)v->str, d);
-    if (!all_finite(A, d * d) || !all_finite(b, d))
+    if (!util_all_finite(A, d * d) || !util_all_finite(b, d))
         goto out;
     if (hash_get(r, "n", &v) || parse_u64(v->str, v->len, 10, &st->n))
         goto out;
@@ -1703,14 +1675,14 @@ static int enqueue(store_redis *s, struct op *op)
 int store_redis_put_decision(store_redis *s, const struct store_decision *d, store_done_fn cb,
                              void *ud)
 {
-    if (!s || !d || !d->x || !all_finite(d->x, (size_t)s->dim))
+    if (!s || !d || !d->x || !util_all_finite(d->x, (size_t)s->dim))
         return BD_ERR_INVALID;
     struct op *op = op_new(OP_DECISION);
     if (!op)
         return BD_ERR_NOMEM;
-    if (copy_name(op->id, sizeof op->id, d->id, 0) ||
-        copy_name(op->id2, sizeof op->id2, d->completion_id, 1) ||
-        copy_name(op->arm, sizeof op->arm, d->arm_name, 0)) {
+    if (util_copy_name(op->id, sizeof op->id, d->id, 0) ||
+        util_copy_name(op->id2, sizeof op->id2, d->completion_id, 1) ||
+        util_copy_name(op->arm, sizeof op->arm, d->arm_name, 0)) {
         free_op(op);
         return BD_ERR_INVALID;
     }
@@ -1737,8 +1709,8 @@ int store_redis_complete_decision(store_redis *s, const char *id, const char *co
     struct op *op = op_new(OP_COMPLETE);
     if (!op)
         return BD_ERR_NOMEM;
-    if (copy_name(op->id, sizeof op->id, id, 0) ||
-        copy_name(op->id2, sizeof op->id2, completion_id, 1)) {
+    if (util_copy_name(op->id, sizeof op->id, id, 0) ||
+        util_copy_name(op->id2, sizeof op->id2, completion_id, 1)) {
         free_op(op);
         return BD_ERR_INVALID;
     }
@@ -1754,7 +1726,7 @@ int store_redis_get_decision(store_redis *s, const char *id, store_redis_decisio
     struct op *op = op_new(OP_GET);
     if (!op)
         return BD_ERR_NOMEM;
-    if (copy_name(op->id, sizeof op->id, id, 0)) {
+    if (util_copy_name(op->id, sizeof op->id, id, 0)) {
         free_op(op);
         return BD_ERR_INVALID;
     }
@@ -1769,13 +1741,13 @@ int store_redis_put_feedback(store_redis *s, const char *request_id, const char 
                              store_redis_feedback_fn cb, void *ud)
 {
     if (!s || !cb || !x || dim != s->dim || !isfinite(reward) || !isfinite(at_s) ||
-        !all_finite(x, (size_t)dim))
+        !util_all_finite(x, (size_t)dim))
         return BD_ERR_INVALID;
     struct op *op = op_new(OP_FEEDBACK);
     if (!op)
         return BD_ERR_NOMEM;
-    if (copy_name(op->id, sizeof op->id, request_id, 0) ||
-        copy_name(op->arm, sizeof op->arm, arm_name, 0)) {
+    if (util_copy_name(op->id, sizeof op->id, request_id, 0) ||
+        util_copy_name(op->arm, sizeof op->arm, arm_name, 0)) {
         free_op(op);
         return BD_ERR_INVALID;
     }
@@ -1808,8 +1780,8 @@ int store_redis_put_snapshot(store_redis *s, const struct store_arm_state *arms,
     op->n_snap = n;
     for (int i = 0; i < n; i++) {
         struct snap_arm *sa = &op->snap[i];
-        if (copy_name(sa->name, sizeof sa->name, arms[i].arm_name, 0) || !arms[i].A || !arms[i].b ||
-            !all_finite(arms[i].A, d * d) || !all_finite(arms[i].b, d)) {
+        if (util_copy_name(sa->name, sizeof sa->name, arms[i].arm_name, 0) || !arms[i].A || !arms[i].b ||
+            !util_all_finite(arms[i].A, d * d) || !util_all_finite(arms[i].b, d)) {
             free_op(op);
             return BD_ERR_INVALID;
         }

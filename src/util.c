@@ -195,6 +195,39 @@ void util_buf_free(struct util_buf *b)
     b->cap = 0;
 }
 
+void util_errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+int util_all_finite(const double *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return 0;
+    return 1;
+}
+
+int util_copy_name(char *dst, size_t max, const char *src, int allow_empty)
+{
+    if (!src) {
+        if (!allow_empty)
+            return BD_ERR_INVALID;
+        dst[0] = '\0';
+        return BD_OK;
+    }
+    size_t n = strnlen(src, max);
+    if (n >= max || (n == 0 && !allow_empty))
+        return BD_ERR_INVALID;
+    memcpy(dst, src, n + 1);
+    return BD_OK;
+}
+
 int util_json_prescan(const char *s, size_t len, int max_depth)
 {
     int depth = 0, in_str = 0;

@@ -44,6 +44,17 @@ void util_buf_reset(struct util_buf *b);
 /* Free memory; the buffer is left empty and reusable. */
 void util_buf_free(struct util_buf *b);
 
+/* Write a printf-style message into a caller's error buffer (err may be NULL
+ * or errlen 0: then nothing is written). */
+void util_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* 1 if all n values are finite. */
+int util_all_finite(const double *x, size_t n);
+
+/* Copy the NUL-terminated src of 1..max-1 bytes (0 bytes too when allow_empty;
+ * src NULL then means ""). Returns 0 or BD_ERR_INVALID (dst untouched). */
+int util_copy_name(char *dst, size_t max, const char *src, int allow_empty);
+
 /* One pass over JSON text, without recursion, before handing it to cJSON:
  * returns 0, -1 when it holds a NUL byte, -2 when arrays/objects nest deeper
  * than max_depth. Brackets inside strings do not count. Never reads past len. */
