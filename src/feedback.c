@@ -14,6 +14,7 @@
  * the first one waits for its commit. */
 #include "banditd/feedback.h"
 #include "banditd/err.h"
+#include "banditd/util.h"
 #include "banditd/log.h"
 #include "banditd/openai.h"
 
@@ -68,28 +69,6 @@ static void echo_copy(char *dst, size_t dstlen, const char *src)
     dst[n] = '\0';
 }
 
-/* Deepest [ / { nesting outside strings; stops counting past limit. */
-static int too_deep(const char *s, size_t len, int limit)
-{
-    int depth = 0, in_str = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = 0;
-        } else if (c == '"') {
-            in_str = 1;
-        } else if (c == '[' || c == '{') {
-            if (++depth > limit)
-                return 1;
-        } else if (c == ']' || c == '}') {
-            depth--;
-        }
-    }
-    return 0;
-}
 
 /* Shape checks, decision lookup and the client check. On success
  * r->status == 200 (nothing applied yet), r->id / r->arm are set and *dout,
@@ -335,7 +314,7 @@ static int parse_envelope(const char *body, size_t len, cJSON **root_out, const 
     if (!body || len == 0)
         return respond_error(400, T_INVALID, "invalid_json", NULL, "empty request body", status,
                              body_out);
-    if (too_deep(body, len, FEEDBACK_MAX_DEPTH))
+    if (util_json_prescan(body, len, FEEDBACK_MAX_DEPTH) == -2)
         return respond_error(400, T_INVALID, "invalid_json", NULL,
                              "JSON nested too deeply (at most 32 levels)", status, body_out);
     const char *end = NULL;

@@ -569,28 +569,6 @@ static int start_item(state_redis *s, struct state_redis_job *j, struct ritem *r
     }
 }
 
-/* Deepest [ / { nesting outside strings. */
-static int too_deep(const char *p, size_t len, int limit)
-{
-    int depth = 0, in_str = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = p[i];
-        if (in_str) {
-            if (c == '\\')
-                i++;
-            else if (c == '"')
-                in_str = 0;
-        } else if (c == '"') {
-            in_str = 1;
-        } else if (c == '[' || c == '{') {
-            if (++depth > limit)
-                return 1;
-        } else if (c == ']' || c == '}') {
-            depth--;
-        }
-    }
-    return 0;
-}
 
 int state_redis_feedback_submit(state_redis *s, const char *body, size_t len, uint64_t client,
                                 int admin, double now_s, feedback_reply_fn reply, void *reply_ud,
@@ -598,7 +576,7 @@ int state_redis_feedback_submit(state_redis *s, const char *body, size_t len, ui
 {
     *job = NULL;
     *body_out = NULL;
-    if (too_deep(body, len, 32))
+    if (util_json_prescan(body, len, 32) == -2)
         return respond_error(400, T_INVALID, "invalid_json", NULL, "body nested too deeply", status,
                              body_out);
     const char *end = NULL;
