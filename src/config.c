@@ -487,6 +487,7 @@ static int parse_router(struct ctx *c, const cJSON *root, struct config_router *
                                          "mu0",
                                          "dim",
                                          "forgetting",
+                                         "text_weight",
                                          "thompson_v",
                                          "seed",
                                          "refactor_every",
@@ -515,6 +516,8 @@ static int parse_router(struct ctx *c, const cJSON *root, struct config_router *
                              0)) ||
             (rc = get_number(c, o, "forgetting", "router", &r->forgetting, 0, 1, 1, 0, "in (0, 1]",
                              0)) ||
+            (rc = get_number(c, o, "text_weight", "router", &r->text_weight, 0, 1,
+                             FEATURES_MAX_TEXT_WEIGHT, 0, "in (0, 4]", 0)) ||
             (rc =
                  get_number(c, o, "thompson_v", "router", &r->thompson_v, 0, 0, 1e6, 0, ">= 0", 0)))
             return rc;
@@ -723,6 +726,7 @@ static void fill_defaults(struct config *cfg)
     r->mu0 = 1.0;
     r->dim = 256;
     r->forgetting = 1.0;
+    r->text_weight = FEATURES_TEXT_WEIGHT;
     r->thompson_v = 0.1;
     r->seed = 1;
     r->refactor_every = 1000;

@@ -5,7 +5,7 @@
  *   x[1..FEATURES_N_DENSE]    dense cues, each scaled to roughly [0,1]
  *   x[1+N_DENSE .. dim)       signed hashed n-grams of the user turns,
  *                             L2-normalised as a block first and scaled to
- *                             W_TEXT, so that the hashed text weighs the same
+ *                             text_weight, so that the hashed text weighs the same
  *                             whatever the prompt's length (and the bias keeps
  *                             a stable share of the norm)
  *
@@ -33,8 +33,10 @@
  * bias (1.0). 0.5 acts like a 4× stronger ridge on the text weights than on
  * the bias and dense cues: predictions lean on the coarse, well-sampled
  * directions first (measured in docs/results.md: cold-start saving at 97%
- * retention 36.5% → 42.4% on RouteLLM dev, 72% → 80% on AlpacaEval dev). */
-#define W_TEXT 0.5
+ * retention 36.5% → 42.4% on RouteLLM dev, 72% → 80% on AlpacaEval dev):
+ * FEATURES_TEXT_WEIGHT, the default of config router.text_weight. The price:
+ * arms that differ only by wording are told apart more slowly (see
+ * docs/router.md and tests/e2e/t_learning.py). */
 
 /* Domain tags so that a unigram, a bigram and a 3-gram never share a hash. */
 #define TAG_UNI 0x9e3779b97f4a7c15ULL
@@ -237,13 +239,13 @@ static double cap1(double v)
     return v > 1.0 ? 1.0 : v;
 }
 
-static void finish(struct acc *a, double *x, int dim)
+static void finish(struct acc *a, double *x, int dim, double text_weight)
 {
     double hn = 0.0;
     for (uint32_t i = 0; i < a->range; i++)
         hn += a->h[i] * a->h[i];
     if (hn > 0.0) {
-        double s = W_TEXT / sqrt(hn);
+        double s = text_weight / sqrt(hn);
         for (uint32_t i = 0; i < a->range; i++)
             a->h[i] *= s;
     }
@@ -265,6 +267,11 @@ static void finish(struct acc *a, double *x, int dim)
     double s = 1.0 / sqrt(n); /* n >= 1: the bias is 1 */
     for (int i = 0; i < dim; i++)
         x[i] *= s;
+}
+
+static int tw_ok(double w)
+{
+    return isfinite(w) && w > 0.0 && w <= FEATURES_MAX_TEXT_WEIGHT;
 }
 
 static int dim_ok(int dim)
@@ -299,9 +306,9 @@ static void scan_content(struct acc *a, const cJSON *content)
     }
 }
 
-int features_from_request(const cJSON *request, double *x, int dim)
+int features_from_request_tw(const cJSON *request, double *x, int dim, double text_weight)
 {
-    if (!dim_ok(dim) || x == NULL || request == NULL)
+    if (!dim_ok(dim) || x == NULL || request == NULL || !tw_ok(text_weight))
         return BD_ERR_INVALID;
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(request, "messages");
     if (!cJSON_IsArray(msgs))
@@ -332,18 +339,28 @@ int features_from_request(const cJSON *request, double *x, int dim)
         mt = cJSON_GetObjectItemCaseSensitive(request, "max_tokens");
     if (cJSON_IsNumber(mt) && isfinite(mt->valuedouble) && mt->valuedouble > 0)
         a.max_tokens = mt->valuedouble;
-    finish(&a, x, dim);
+    finish(&a, x, dim, text_weight);
     return BD_OK;
 }
 
-int features_from_prompt(const char *prompt, double *x, int dim)
+int features_from_prompt_tw(const char *prompt, double *x, int dim, double text_weight)
 {
-    if (!dim_ok(dim) || x == NULL || prompt == NULL)
+    if (!dim_ok(dim) || x == NULL || prompt == NULL || !tw_ok(text_weight))
         return BD_ERR_INVALID;
     struct acc a;
     acc_init(&a, x, dim);
     a.messages = 1;
     scan_text(&a, prompt, MSG_TEXT_CAP);
-    finish(&a, x, dim);
+    finish(&a, x, dim, text_weight);
     return BD_OK;
+}
+
+int features_from_request(const cJSON *request, double *x, int dim)
+{
+    return features_from_request_tw(request, x, dim, FEATURES_TEXT_WEIGHT);
+}
+
+int features_from_prompt(const char *prompt, double *x, int dim)
+{
+    return features_from_prompt_tw(prompt, x, dim, FEATURES_TEXT_WEIGHT);
 }

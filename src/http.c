@@ -1122,7 +1122,7 @@ static enum MHD_Result handle_chat(struct req *r)
     r->x = calloc((size_t)dim, sizeof *r->x);
     if (!r->x)
         return respond_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
-    if (features_from_request(r->chat.root, r->x, dim) != BD_OK)
+    if (features_from_request_tw(r->chat.root, r->x, dim, r->g->cfg->router.text_weight) != BD_OK)
         return respond_error(r, 400, "cannot featurize the request", "invalid_request_error",
                              "messages", "invalid_request");
     long pt = openai_estimate_tokens(r->chat.prompt_chars);

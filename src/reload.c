@@ -23,6 +23,13 @@ int reload_check_restart_fields(const struct config *running, const struct confi
                  running->router.dim, next->router.dim);
         return BD_ERR_INVALID;
     }
+    if (running->router.text_weight != next->router.text_weight) {
+        snprintf(err, errlen,
+                 "router.text_weight changed (%g -> %g): the learned models are in the old "
+                 "feature space; needs a restart; config not reloaded",
+                 running->router.text_weight, next->router.text_weight);
+        return BD_ERR_INVALID;
+    }
     if (strcmp(running->store.path, next->store.path) != 0) {
         snprintf(err, errlen, "store.path changed: needs a restart; config not reloaded");
         return BD_ERR_INVALID;

@@ -446,7 +446,8 @@ static int rowset_build(struct ctx *c, const dataset *ds, const int *map, uint64
             s->skipped++;
             continue;
         }
-        rc = features_from_prompt(row->prompt, s->X + n * dim, c->dim);
+        rc = features_from_prompt_tw(row->prompt, s->X + n * dim, c->dim,
+                                     c->cfg->router.text_weight);
         if (rc != BD_OK)
             break;
         /* The daemon's estimate for this prompt sent as the only user message

@@ -26,7 +26,7 @@
 static int router_eq(const struct config_router *a, const struct config_router *b)
 {
     if (a->policy != b->policy || a->alpha != b->alpha || a->lambda != b->lambda ||
-        a->mu0 != b->mu0 || a->dim != b->dim || a->forgetting != b->forgetting ||
+        a->mu0 != b->mu0 || a->dim != b->dim || a->forgetting != b->forgetting || a->text_weight != b->text_weight ||
         a->thompson_v != b->thompson_v || a->seed != b->seed ||
         a->refactor_every != b->refactor_every || a->n_profiles != b->n_profiles ||
         strcmp(a->default_preference, b->default_preference) != 0)
@@ -105,6 +105,7 @@ START_TEST(test_defaults)
     ck_assert(cfg->router.alpha == 0.1 && cfg->router.lambda == 1.0 && cfg->router.mu0 == 1.0);
     ck_assert_int_eq(cfg->router.dim, 256);
     ck_assert(cfg->router.forgetting == 1.0 && cfg->router.thompson_v == 0.1);
+    ck_assert(cfg->router.text_weight == 0.5);
     ck_assert_uint_eq(cfg->router.seed, 1);
     ck_assert_int_eq(cfg->router.refactor_every, 1000);
     ck_assert_str_eq(cfg->router.default_preference, "balanced");
@@ -176,7 +177,7 @@ START_TEST(test_full)
         "\"price_in_per_mtok\":0,\"price_out_per_mtok\":0.2}],\n"
         " \"aliases\":[\"auto\",\"router\"],\n"
         " \"router\":{\"policy\":\"thompson\",\"alpha\":0.05,\"lambda\":2.5,\"mu0\":0.5,"
-        "\"dim\":1024,\"forgetting\":0.99,\"thompson_v\":0.3,\"seed\":12345,"
+        "\"dim\":1024,\"forgetting\":0.99,\"text_weight\":1.0,\"thompson_v\":0.3,\"seed\":12345,"
         "\"refactor_every\":50,\"default_preference\":\"quality=1,latency=1\","
         "\"profiles\":{\"cheap\":0.1,\"fast\":{\"quality\":2e-1,\"latency\":0.6},"
         "\"mid\":0.5}},\n"
@@ -209,7 +210,7 @@ START_TEST(test_full)
     ck_assert_int_eq(r->policy, CONFIG_POLICY_THOMPSON);
     ck_assert(r->alpha == 0.05 && r->lambda == 2.5 && r->mu0 == 0.5);
     ck_assert_int_eq(r->dim, 1024);
-    ck_assert(r->forgetting == 0.99 && r->thompson_v == 0.3);
+    ck_assert(r->forgetting == 0.99 && r->thompson_v == 0.3 && r->text_weight == 1.0);
     ck_assert_uint_eq(r->seed, 12345);
     ck_assert_int_eq(r->refactor_every, 50);
     ck_assert_str_eq(r->default_preference, "quality=1,latency=1");
@@ -340,6 +341,8 @@ START_TEST(test_field_errors)
     parse_bad(with("\"router\":{\"dim\":4097}"), "router.dim", NULL);
     parse_bad(with("\"router\":{\"dim\":256.5}"), "router.dim", "integer");
     parse_bad(with("\"router\":{\"forgetting\":0}"), "router.forgetting", "(0, 1]");
+    parse_bad(with("\"router\":{\"text_weight\":0}"), "router.text_weight", "(0, 4]");
+    parse_bad(with("\"router\":{\"text_weight\":5}"), "router.text_weight", "(0, 4]");
     parse_bad(with("\"router\":{\"forgetting\":1.0001}"), "router.forgetting", NULL);
     parse_bad(with("\"router\":{\"thompson_v\":-1}"), "router.thompson_v", NULL);
     parse_bad(with("\"router\":{\"seed\":-1}"), "router.seed", NULL);

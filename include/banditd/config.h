@@ -39,6 +39,7 @@ struct config_router {
     double mu0;                       /* optimistic offset, default 1.0 */
     int dim;                          /* feature dimension, default 256 (16..4096) */
     double forgetting;                /* gamma in (0,1], default 1.0 */
+    double text_weight;               /* hashed-text block norm vs the bias, (0,4], default 0.5 */
     double thompson_v;                /* posterior scale v, default 0.1 */
     unsigned long long seed;          /* RNG seed for Thompson/tie noise, default 1 */
     int refactor_every;               /* re-derive A^-1 every N updates, default 1000 */

@@ -16,6 +16,9 @@
 #define FEATURES_N_DENSE 10
 #define FEATURES_MIN_DIM 16
 #define FEATURES_MAX_DIM 4096
+/* Norm of the hashed-text block relative to the bias (config router.text_weight). */
+#define FEATURES_TEXT_WEIGHT 0.5
+#define FEATURES_MAX_TEXT_WEIGHT 4.0
 
 /* Featurize a whole chat request object (needs "messages"; reads "tools",
  * "max_tokens"/"max_completion_tokens"). x has dim entries. Returns 0 or
@@ -27,5 +30,10 @@ int features_from_request(const cJSON *request, double *x, int dim);
  * features_from_prompt(p) == features_from_request({"messages":[{"role":
  * "user","content":p}]}) exactly. */
 int features_from_prompt(const char *prompt, double *x, int dim);
+
+/* The same with the hashed-text block scaled to text_weight (in (0, 4]) instead
+ * of FEATURES_TEXT_WEIGHT; BD_ERR_INVALID for a weight out of range. */
+int features_from_request_tw(const cJSON *request, double *x, int dim, double text_weight);
+int features_from_prompt_tw(const char *prompt, double *x, int dim, double text_weight);
 
 #endif
