@@ -104,7 +104,7 @@ install: all
 	if [ -f config/banditd.service ]; then install -d $(DESTDIR)$(PREFIX)/lib/systemd/system && install -m 0644 config/banditd.service $(DESTDIR)$(PREFIX)/lib/systemd/system/; fi
 
 format:
-	clang-format -i src/*.c include/banditd/*.h tests/*.c bench/*.c
+	clang-format -i src/*.c include/banditd/*.h tests/*.c bench/*.c tests/fuzz/*.c tests/fuzz/*.h
 
 clean:
 	rm -rf build build-san

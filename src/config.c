@@ -51,7 +51,6 @@ static void join(char *out, size_t n, const char *parent, const char *key)
         snprintf(out, n, "%s", key);
 }
 
-
 /* ---- field helpers. Each takes the parent object and its path. ---- */
 
 /* Reject unknown and duplicate members of obj. allowed is NULL-terminated. */
@@ -260,10 +259,18 @@ static int parse_listen(struct ctx *c, const char *s, struct config *cfg)
 
 static int parse_arm(struct ctx *c, const cJSON *a, size_t i, struct config_arm *arm)
 {
-    static const char *const fields[] = {"name",        "base_url",           "model",
-                                         "api_key_env", "price_in_per_mtok",  "price_out_per_mtok",
-                                         "timeout_ms",  "connect_timeout_ms", "prior_quality",
-                                         "ttfb_timeout_ms", "max_inflight", NULL};
+    static const char *const fields[] = {"name",
+                                         "base_url",
+                                         "model",
+                                         "api_key_env",
+                                         "price_in_per_mtok",
+                                         "price_out_per_mtok",
+                                         "timeout_ms",
+                                         "connect_timeout_ms",
+                                         "prior_quality",
+                                         "ttfb_timeout_ms",
+                                         "max_inflight",
+                                         NULL};
     char path[32];
     int rc;
     snprintf(path, sizeof path, "arms[%zu]", i);
@@ -576,12 +583,11 @@ static int parse_sections(struct ctx *c, const cJSON *root, struct config *cfg)
     if ((rc = get_object(c, root, "store", "", &o)))
         return rc;
     if (o) {
-        static const char *const f[] = {"path",      "snapshot_interval_s", "snapshot_every",
-                                        "queue_cap", "redis",               NULL};
+        static const char *const f[] = {
+            "path", "snapshot_interval_s", "snapshot_every", "queue_cap", "redis", NULL};
         if ((rc = check_fields(c, o, "store", f)) ||
             (rc = get_string(c, o, "path", "store", cfg->store.path, sizeof cfg->store.path, 0)) ||
-            (rc = get_string(c, o, "redis", "store", cfg->store.redis, sizeof cfg->store.redis,
-                             0)))
+            (rc = get_string(c, o, "redis", "store", cfg->store.redis, sizeof cfg->store.redis, 0)))
             return rc;
         if (cfg->store.redis[0] && strncmp(cfg->store.redis, "redis://", 8) != 0)
             return fail(c, "store.redis: must be a URL redis://[:password@]host[:port][/db]");
@@ -669,10 +675,10 @@ static int parse_sections(struct ctx *c, const cJSON *root, struct config *cfg)
     if ((rc = get_object(c, root, "limits", "", &o)))
         return rc;
     if (o) {
-        static const char *const f[] = {"max_body_bytes",     "max_connections",
-                                        "connection_timeout_s", "max_inflight",
-                                        "max_fallbacks",      "max_retries",
-                                        "request_timeout_ms", "shutdown_grace_s", NULL};
+        static const char *const f[] = {
+            "max_body_bytes",     "max_connections",  "connection_timeout_s",
+            "max_inflight",       "max_fallbacks",    "max_retries",
+            "request_timeout_ms", "shutdown_grace_s", NULL};
         if ((rc = check_fields(c, o, "limits", f)))
             return rc;
         v = (long long)cfg->limits.max_body_bytes;
@@ -773,9 +779,8 @@ void config_destroy(struct config *cfg)
 
 static int parse_root(struct ctx *c, const cJSON *root, struct config *cfg)
 {
-    static const char *const fields[] = {"listen", "arms", "aliases", "router", "feedback",
-                                         "store",  "auth", "log",     "limits", "health",
-                                         NULL};
+    static const char *const fields[] = {"listen", "arms", "aliases", "router", "feedback", "store",
+                                         "auth",   "log",  "limits",  "health", NULL};
     int rc;
     if (!cJSON_IsObject(root))
         return fail(c, "(top level): must be a JSON object");

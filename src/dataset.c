@@ -33,7 +33,6 @@ struct dataset {
     size_t index_cap; /* power of two */
 };
 
-
 static char *xstrdup(const char *s)
 {
     size_t n = strlen(s);
@@ -420,7 +419,7 @@ int dataset_load(const char *path, unsigned flags, dataset **out, char *err, siz
             rc = r;
             if (r == BD_ERR_TOOBIG)
                 util_errf(err, errlen, "%s:%zu: line longer than %u bytes", path, lineno,
-                        DATASET_LINE_MAX);
+                          DATASET_LINE_MAX);
             else
                 util_errf(err, errlen, "%s:%zu: out of memory", path, lineno);
             break;
@@ -449,7 +448,7 @@ int dataset_load(const char *path, unsigned flags, dataset **out, char *err, siz
         rc = parse_row(ds, buf + s, len - s, flags, &ds->rows[ds->n_rows], what, sizeof what);
         if (rc != BD_OK) {
             util_errf(err, errlen, "%s:%zu: %s", path, lineno,
-                    rc == BD_ERR_NOMEM ? "out of memory" : what);
+                      rc == BD_ERR_NOMEM ? "out of memory" : what);
             break;
         }
         ds->n_rows++;
@@ -512,7 +511,7 @@ int dataset_load_prices(dataset *ds, const char *path, char *err, size_t errlen)
         if (!cJSON_IsObject(c) || get_num(c, "input", 1, 0.0, &a) < 0 ||
             get_num(c, "output", 1, 0.0, &b) < 0) {
             util_errf(err, errlen, "%s: %s: needs numbers \"input\" and \"output\" >= 0", path,
-                    c->string ? c->string : "?");
+                      c->string ? c->string : "?");
             rc = BD_ERR_INVALID;
             break;
         }

@@ -69,7 +69,6 @@ static void echo_copy(char *dst, size_t dstlen, const char *src)
     dst[n] = '\0';
 }
 
-
 /* Shape checks, decision lookup and the client check. On success
  * r->status == 200 (nothing applied yet), r->id / r->arm are set and *dout,
  * *reward hold the decision (borrowed from ds) and the reward; otherwise r

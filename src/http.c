@@ -85,23 +85,23 @@ enum phase {
 
 struct req {
     http_server *srv;
-    feedback_job *fb_job; /* durable feedback waiting for its commit, or NULL */
+    feedback_job *fb_job;     /* durable feedback waiting for its commit, or NULL */
     state_redis_job *rfb_job; /* the same with the Redis store, or NULL */
-    struct gen *g; /* the generation whose arm table r->arm and r->dec index */
+    struct gen *g;            /* the generation whose arm table r->arm and r->dec index */
     /* resilience and auth (issue 6) */
-    uint64_t client;   /* auth_client_id of the caller's key, 0 = none */
-    int is_admin;      /* caller presented the admin key */
-    int www_auth;      /* add WWW-Authenticate: Bearer (401) */
-    int admitted;      /* the current attempt holds a health admission */
-    int probe;         /* ... as the arm's half-open probe */
+    uint64_t client; /* auth_client_id of the caller's key, 0 = none */
+    int is_admin;    /* caller presented the admin key */
+    int www_auth;    /* add WWW-Authenticate: Bearer (401) */
+    int admitted;    /* the current attempt holds a health admission */
+    int probe;       /* ... as the arm's half-open probe */
     int admitted_arm;
-    int pinned;        /* the model named an arm: never fall back */
-    int retries;       /* same-arm retries done */
+    int pinned;          /* the model named an arm: never fall back */
+    int retries;         /* same-arm retries done */
     long retry_after_ms; /* Retry-After of the last upstream answer, -1 none */
     double deadline_ms;  /* overall deadline (monotonic) */
     long cap_ms;         /* X-Bandit-Timeout-Ms, 0 = none */
     upstream_timer *retry_timer;
-    int counted;   /* counted in banditd_inflight_requests */
+    int counted; /* counted in banditd_inflight_requests */
     struct MHD_Connection *conn;
     struct req *prev, *next;
     enum route route;
@@ -220,8 +220,8 @@ static struct gen *gen_new(const struct config *cfg, struct metrics_banditd *mca
         for (size_t i = 0; i < n && i < CONFIG_MAX_ARMS; i++)
             caps[i] = cfg->arms[i].max_inflight;
         struct health_params hp = {
-            .failure_threshold = cfg->health.failure_threshold > 0 ? cfg->health.failure_threshold
-                                                                   : 5,
+            .failure_threshold =
+                cfg->health.failure_threshold > 0 ? cfg->health.failure_threshold : 5,
             .cooldown_ms = cfg->health.cooldown_ms > 0 ? (double)cfg->health.cooldown_ms : 10000.0,
             .max_inflight = 0, /* the global cap is checked against upstream_inflight */
             .arm_caps = caps,
@@ -413,12 +413,11 @@ static enum route route_of(const char *url, const char **allow)
         enum route r;
         const char *allow;
     } routes[] = {
-        {"/v1/chat/completions", R_CHAT, "POST"}, {"/v1/models", R_MODELS, "GET, HEAD"},
-        {"/healthz", R_HEALTH, "GET, HEAD"},      {"/readyz", R_READY, "GET, HEAD"},
-        {"/feedback", R_FEEDBACK, "POST"},        {"/v1/feedback", R_FEEDBACK, "POST"},
-        {"/stats", R_STATS, "GET, HEAD"},         {"/metrics", R_METRICS, "GET, HEAD"},
-        {"/admin/reload", R_ADMIN_RELOAD, "POST"},
-        {"/debug/model", R_DEBUG_MODEL, "GET, HEAD"},
+        {"/v1/chat/completions", R_CHAT, "POST"},  {"/v1/models", R_MODELS, "GET, HEAD"},
+        {"/healthz", R_HEALTH, "GET, HEAD"},       {"/readyz", R_READY, "GET, HEAD"},
+        {"/feedback", R_FEEDBACK, "POST"},         {"/v1/feedback", R_FEEDBACK, "POST"},
+        {"/stats", R_STATS, "GET, HEAD"},          {"/metrics", R_METRICS, "GET, HEAD"},
+        {"/admin/reload", R_ADMIN_RELOAD, "POST"}, {"/debug/model", R_DEBUG_MODEL, "GET, HEAD"},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         if (strcmp(url, routes[i].path) == 0) {
@@ -551,14 +550,22 @@ static void req_free(struct req *r)
 static enum metrics_route metrics_route_of(enum route rt)
 {
     switch (rt) {
-    case R_CHAT: return METRICS_ROUTE_CHAT;
-    case R_FEEDBACK: return METRICS_ROUTE_FEEDBACK;
-    case R_MODELS: return METRICS_ROUTE_MODELS;
-    case R_HEALTH: return METRICS_ROUTE_HEALTHZ;
-    case R_READY: return METRICS_ROUTE_READYZ;
-    case R_METRICS: return METRICS_ROUTE_METRICS;
-    case R_STATS: return METRICS_ROUTE_STATS;
-    default: return METRICS_ROUTE_OTHER;
+    case R_CHAT:
+        return METRICS_ROUTE_CHAT;
+    case R_FEEDBACK:
+        return METRICS_ROUTE_FEEDBACK;
+    case R_MODELS:
+        return METRICS_ROUTE_MODELS;
+    case R_HEALTH:
+        return METRICS_ROUTE_HEALTHZ;
+    case R_READY:
+        return METRICS_ROUTE_READYZ;
+    case R_METRICS:
+        return METRICS_ROUTE_METRICS;
+    case R_STATS:
+        return METRICS_ROUTE_STATS;
+    default:
+        return METRICS_ROUTE_OTHER;
     }
 }
 
@@ -692,9 +699,8 @@ static int attempt_start(struct req *r)
             .timeout_ms = tmo,
             .connect_timeout_ms = a->connect_timeout_ms < tmo ? a->connect_timeout_ms : tmo,
             .stream = r->chat.stream,
-            .ttfb_timeout_ms = a->ttfb_timeout_ms > 0 && a->ttfb_timeout_ms < tmo
-                                   ? a->ttfb_timeout_ms
-                                   : 0,
+            .ttfb_timeout_ms =
+                a->ttfb_timeout_ms > 0 && a->ttfb_timeout_ms < tmo ? a->ttfb_timeout_ms : 0,
         };
         r->t_attempt_ms = now;
         rc = upstream_start(s->d.up, &rq, &req_cbs, r, &r->call);
@@ -1132,17 +1138,16 @@ static enum MHD_Result handle_chat(struct req *r)
         /* Arms whose circuit is open (and cooling down) leave the candidate set. */
         int nh = health_candidates(r->g->h, util_now_ms(), healthy);
         if (nh == 0 || (pinned >= 0 && !healthy[pinned])) {
-            set_final_error(r, 503,
-                            pinned >= 0 ? "the requested arm is unavailable (circuit open)"
-                                        : "no healthy arm",
-                            "server_error", NULL, pinned >= 0 ? "arm_unavailable" : "no_healthy_arm");
+            set_final_error(
+                r, 503,
+                pinned >= 0 ? "the requested arm is unavailable (circuit open)" : "no healthy arm",
+                "server_error", NULL, pinned >= 0 ? "arm_unavailable" : "no_healthy_arm");
             r->final_retry_after = 1;
             return queue_final(r);
         }
         hmask = healthy;
     }
-    if (router_decide(s->d.rt, r->x, &r->w, pt, hmask, pinned, &r->dec) != BD_OK ||
-        r->dec.n < 1)
+    if (router_decide(s->d.rt, r->x, &r->w, pt, hmask, pinned, &r->dec) != BD_OK || r->dec.n < 1)
         return respond_error(r, 503, "no healthy arm", "server_error", NULL, "no_healthy_arm");
     if (util_random_hex128(r->id) != BD_OK)
         return respond_error(r, 500, "no randomness", "server_error", NULL, "internal_error");
@@ -1160,7 +1165,8 @@ static enum MHD_Result handle_chat(struct req *r)
             set_final_error(r, 503,
                             rc == BD_ERR_BUSY ? "too many requests in flight to the arms"
                                               : "no upstream could be started",
-                            "server_error", NULL, rc == BD_ERR_BUSY ? "overloaded" : "no_healthy_arm");
+                            "server_error", NULL,
+                            rc == BD_ERR_BUSY ? "overloaded" : "no_healthy_arm");
             r->final_retry_after = 1;
             return queue_final(r);
         }
@@ -1228,8 +1234,8 @@ static int auth_refused(struct req *r, enum MHD_Result *ret)
         return 0;
     r->too_big = 1; /* do not keep the body */
     if (rc == BD_ERR_FORBIDDEN) {
-        *ret = respond_error(r, 403, "this endpoint needs the admin key", "permission_error",
-                             NULL, "forbidden");
+        *ret = respond_error(r, 403, "this endpoint needs the admin key", "permission_error", NULL,
+                             "forbidden");
     } else {
         r->www_auth = 1;
         *ret = respond_error(r, 401,
@@ -1441,9 +1447,9 @@ static enum MHD_Result handle_feedback(struct req *r)
     if (s->d.rstate) {
         /* Replicas: answered when Redis has recorded it (docs/scale-out.md). */
         state_redis_job *job = NULL;
-        if (state_redis_feedback_submit(s->d.rstate, r->body.data ? r->body.data : "",
-                                        r->body.len, r->client, r->is_admin, util_wall_s(),
-                                        feedback_reply, r, &job, &status, &out) != BD_OK) {
+        if (state_redis_feedback_submit(s->d.rstate, r->body.data ? r->body.data : "", r->body.len,
+                                        r->client, r->is_admin, util_wall_s(), feedback_reply, r,
+                                        &job, &status, &out) != BD_OK) {
             free(out);
             return respond_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
         }
@@ -1489,10 +1495,10 @@ static enum MHD_Result handle_debug_model(struct req *r)
     int status = 500;
     char *json = state_model_json(s->d.rt, s->cfg, name, &status);
     if (!json)
-        return status == 404 ? respond_error(r, 404, "unknown arm", "invalid_request_error",
-                                             "arm", "not_found")
-                             : respond_error(r, 500, "out of memory", "server_error", NULL,
-                                             "internal_error");
+        return status == 404
+                   ? respond_error(r, 404, "unknown arm", "invalid_request_error", "arm",
+                                   "not_found")
+                   : respond_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
     return respond_json(r, 200, json);
 }
 

@@ -13,10 +13,14 @@ static FILE *g_out;
 static const char *level_name(int level)
 {
     switch (level) {
-    case LOG_DEBUG: return "debug";
-    case LOG_INFO: return "info";
-    case LOG_WARN: return "warn";
-    default: return "error";
+    case LOG_DEBUG:
+        return "debug";
+    case LOG_INFO:
+        return "info";
+    case LOG_WARN:
+        return "warn";
+    default:
+        return "error";
     }
 }
 
@@ -82,8 +86,8 @@ void log_emit(int level, const char *msg, const char *fields_json)
     char when[32];
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
     flockfile(f);
-    fprintf(f, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when,
-            ts.tv_nsec / 1000000, level_name(level));
+    fprintf(f, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when, ts.tv_nsec / 1000000,
+            level_name(level));
     put_escaped(f, msg);
     fputc('"', f);
     if (fields_json && *fields_json) {

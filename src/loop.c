@@ -19,8 +19,8 @@ struct loop {
     upstream *up;
     decisions *ds;
     volatile sig_atomic_t stop;
-    struct state *st; /* durable state, or NULL */
-    struct state_redis *rst; /* shared Redis state, or NULL */
+    struct state *st;             /* durable state, or NULL */
+    struct state_redis *rst;      /* shared Redis state, or NULL */
     volatile sig_atomic_t reload; /* SIGHUP seen, hook not run yet */
     loop_reload_fn reload_fn;
     void *reload_ud;

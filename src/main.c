@@ -275,8 +275,7 @@ static int run_daemon(const char *config_path, const char *listen, const char *p
     if (cfg->store.redis[0]) {
         /* Replicas: load the shared model from Redis, then follow its stream. */
         int snaps = 0;
-        if (state_redis_open(cfg, rt, ds, store_wake, up, &rst, &snaps, err, sizeof err) !=
-            BD_OK) {
+        if (state_redis_open(cfg, rt, ds, store_wake, up, &rst, &snaps, err, sizeof err) != BD_OK) {
             fprintf(stderr, "banditd: %s\n", err);
             goto out;
         }
@@ -294,9 +293,14 @@ static int run_daemon(const char *config_path, const char *listen, const char *p
         goto out;
     }
     metrics_banditd_bind_decisions_pending(mcat, decisions_pending_fn, ds);
-    struct http_deps deps = {
-        .cfg = cfg, .rt = rt, .ds = ds, .up = up, .metrics = reg, .mcat = mcat, .state = st,
-        .rstate = rst};
+    struct http_deps deps = {.cfg = cfg,
+                             .rt = rt,
+                             .ds = ds,
+                             .up = up,
+                             .metrics = reg,
+                             .mcat = mcat,
+                             .state = st,
+                             .rstate = rst};
     if (http_start(&deps, host, port, &hs, err, sizeof err) != BD_OK) {
         fprintf(stderr, "banditd: %s\n", err);
         goto out;

@@ -34,7 +34,6 @@ struct pref_weights pref_from_tolerance(double t)
     return w;
 }
 
-
 static int is_space(char c)
 {
     return c == ' ' || c == '\t';
@@ -117,13 +116,13 @@ static int parse_explicit(const char *s, size_t n, struct pref_weights *out, cha
         trim(&item, &ilen);
         if (ilen == 0) {
             util_errf(err, errlen, "%sempty item in weights (expected key=value, ...)",
-                   "invalid preference: ");
+                      "invalid preference: ");
             return BD_ERR_INVALID;
         }
         const char *eq = memchr(item, '=', ilen);
         if (!eq) {
             util_errf(err, errlen, "invalid preference: item without '=' (expected %s)",
-                   "quality=Q,cost=C,latency=L");
+                      "quality=Q,cost=C,latency=L");
             return BD_ERR_INVALID;
         }
         const char *k = item;
@@ -164,7 +163,7 @@ static int parse_explicit(const char *s, size_t n, struct pref_weights *out, cha
     if (seen[3]) {
         if (seen[0] || seen[1] || seen[2]) {
             util_errf(err, errlen, "invalid preference: %s",
-                   "tolerance cannot be combined with quality/cost/latency weights");
+                      "tolerance cannot be combined with quality/cost/latency weights");
             return BD_ERR_INVALID;
         }
         *out = pref_from_tolerance(vals[3]);
@@ -204,7 +203,7 @@ int pref_parse(const char *value, size_t len, const struct pref_profile *profile
     trim(&s, &sn);
     if (sn == 0) {
         util_errf(err, errlen, "invalid preference: %s",
-               "empty (expected a number in [0,1], a profile name or quality=..,cost=..)");
+                  "empty (expected a number in [0,1], a profile name or quality=..,cost=..)");
         return BD_ERR_INVALID;
     }
     if (memchr(s, '=', sn) != NULL)
@@ -222,7 +221,7 @@ int pref_parse(const char *value, size_t len, const struct pref_profile *profile
     if (rc == 0) {
         if (!in_unit(q)) {
             util_errf(err, errlen, "invalid preference: %s",
-                   "a number must be in [0,1] (the weight on quality)");
+                      "a number must be in [0,1] (the weight on quality)");
             return BD_ERR_INVALID;
         }
         *out = pref_from_scalar(q);

@@ -384,12 +384,11 @@ int router_reconfigure(router *r, const struct config *cfg, int *map)
     assert(r != NULL && cfg != NULL);
     const struct config_router *rc = &cfg->router;
     if (cfg->n_arms < 1 || cfg->n_arms > ROUTER_MAX_ARMS || rc->dim != r->dim ||
-        !isfinite(rc->alpha) || rc->alpha < 0 || !isfinite(rc->thompson_v) ||
-        rc->thompson_v < 0 ||
+        !isfinite(rc->alpha) || rc->alpha < 0 || !isfinite(rc->thompson_v) || rc->thompson_v < 0 ||
         (rc->policy != CONFIG_POLICY_LINUCB && rc->policy != CONFIG_POLICY_THOMPSON))
         return BD_ERR_INVALID;
     int n = (int)cfg->n_arms;
-    int from[ROUTER_MAX_ARMS];  /* new arm i comes from old arm from[i], or -1 */
+    int from[ROUTER_MAX_ARMS];   /* new arm i comes from old arm from[i], or -1 */
     int from_r[ROUTER_MAX_ARMS]; /* … or from retired slot from_r[i], or -1 */
     linucb *fresh[ROUTER_MAX_ARMS] = {0};
     for (int i = 0; i < n; i++) {
@@ -403,8 +402,8 @@ int router_reconfigure(router *r, const struct config *cfg, int *map)
         from[i] = router_arm_index(r, ca->name);
         from_r[i] = from[i] < 0 ? retired_index(r, ca->name) : -1;
         if (from[i] < 0 && from_r[i] < 0) {
-            fresh[i] = linucb_create(r->dim, rc->lambda, rc->mu0, rc->forgetting,
-                                     rc->refactor_every);
+            fresh[i] =
+                linucb_create(r->dim, rc->lambda, rc->mu0, rc->forgetting, rc->refactor_every);
             if (fresh[i] == NULL) {
                 for (int j = 0; j < i; j++)
                     linucb_destroy(fresh[j]);
@@ -480,8 +479,9 @@ void router_restore_arm_stats(router *r, int arm, const struct router_arm_stats 
     struct arm *a = &r->arms[arm];
     a->st = *st;
     /* Re-derive the running sums the estimates came from. */
-    a->completion_sum = st->exp_completion_tokens * (PRIOR_COMPLETION_WEIGHT + (double)st->usage_obs) -
-                        PRIOR_COMPLETION_TOKENS * PRIOR_COMPLETION_WEIGHT;
+    a->completion_sum =
+        st->exp_completion_tokens * (PRIOR_COMPLETION_WEIGHT + (double)st->usage_obs) -
+        PRIOR_COMPLETION_TOKENS * PRIOR_COMPLETION_WEIGHT;
     if (a->completion_sum < 0)
         a->completion_sum = 0;
     a->lat_obs = st->latency_ms > 0 ? 1 : 0;

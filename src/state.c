@@ -36,7 +36,6 @@ struct state {
     uint64_t dropped;
 };
 
-
 /* ---- feedback_arms ---- */
 
 static const char *arm_name_cb(void *ud, int arm)
@@ -87,8 +86,8 @@ static int restore_arm_cb(const struct store_arm_state *a, void *ud)
     int rc = linucb_set_state(router_model_mut(s->rt, i), a->A, a->b, a->n);
     if (rc != BD_OK) {
         util_errf(c->err, c->errlen,
-                "snapshot of arm %s is unusable (%s); restore a backup or use --reset-state",
-                a->arm_name, bd_strerror(rc));
+                  "snapshot of arm %s is unusable (%s); restore a backup or use --reset-state",
+                  a->arm_name, bd_strerror(rc));
         return rc;
     }
     struct router_arm_stats st = {
@@ -198,7 +197,8 @@ int state_open(const struct config *cfg, router *rt, decisions *ds, unsigned fla
     }
     if (rc != BD_OK) {
         if (err && errlen && !err[0])
-            util_errf(err, errlen, "%s: cannot restore state: %s", cfg->store.path, bd_strerror(rc));
+            util_errf(err, errlen, "%s: cannot restore state: %s", cfg->store.path,
+                      bd_strerror(rc));
         store_close(s->st);
         free(s);
         return rc;

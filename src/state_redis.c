@@ -60,7 +60,6 @@ struct state_redis_job {
     struct ritem *items;
 };
 
-
 static void fail(struct ritem *r, int status, const char *type, const char *code, const char *param,
                  const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 static void fail(struct ritem *r, int status, const char *type, const char *code, const char *param,
@@ -117,7 +116,7 @@ static int restore_cb(const struct store_arm_state *a, void *ud)
     int rc = linucb_set_state(router_model_mut(c->s->rt, i), a->A, a->b, a->n);
     if (rc != BD_OK) {
         util_errf(c->err, c->errlen, "redis snapshot of arm %s is unusable (%s)", a->arm_name,
-                bd_strerror(rc));
+                  bd_strerror(rc));
         return rc;
     }
     struct router_arm_stats st = {
@@ -568,7 +567,6 @@ static int start_item(state_redis *s, struct state_redis_job *j, struct ritem *r
         return 0;
     }
 }
-
 
 int state_redis_feedback_submit(state_redis *s, const char *body, size_t len, uint64_t client,
                                 int admin, double now_s, feedback_reply_fn reply, void *reply_ud,

@@ -145,7 +145,6 @@ struct store {
 
 /* ---------- helpers ---------- */
 
-
 static int map_sqlite(int rc)
 {
     switch (rc & 0xff) {
@@ -195,8 +194,6 @@ static void dec_doubles(double *out, const unsigned char *in, size_t n)
     }
 #endif
 }
-
-
 
 static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
 {
@@ -296,7 +293,7 @@ static int create_fresh(const char *path, int dim, char *err, size_t errlen)
     int r = 0;
     if (rc != SQLITE_OK) {
         util_errf(err, errlen, "%s: cannot create database: %s", path,
-                db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+                  db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
         r = map_sqlite(rc) == BD_ERR_NOMEM ? BD_ERR_NOMEM : BD_ERR_IO;
         goto out;
     }
@@ -351,39 +348,39 @@ static int validate(sqlite3 *db, const char *path, int dim, int *version, char *
     int rc = query_text(db, "PRAGMA application_id", v, sizeof v);
     if (rc != SQLITE_OK) {
         util_errf(err, errlen,
-                "%s: exists but is not a readable SQLite database (%s); refusing to start "
-                "fresh: move it away, restore a backup, or use --reset-state",
-                path, sqlite3_errmsg(db));
+                  "%s: exists but is not a readable SQLite database (%s); refusing to start "
+                  "fresh: move it away, restore a backup, or use --reset-state",
+                  path, sqlite3_errmsg(db));
         int m = map_sqlite(rc);
         return m == BD_ERR_IO ? BD_ERR_CORRUPT : m;
     }
     if (atol(v) != STORE_APP_ID) {
         util_errf(err, errlen,
-                "%s: exists but is not a banditd database (application_id %s); refusing to "
-                "touch it: move it away or use --reset-state",
-                path, v);
+                  "%s: exists but is not a banditd database (application_id %s); refusing to "
+                  "touch it: move it away or use --reset-state",
+                  path, v);
         return BD_ERR_CORRUPT;
     }
     rc = query_text(db, "PRAGMA quick_check", v, sizeof v);
     if (rc != SQLITE_OK || strcmp(v, "ok") != 0) {
         util_errf(err, errlen,
-                "%s: database is corrupt (quick_check: %s); restore a backup, salvage it "
-                "with `sqlite3 %s .recover`, or use --reset-state",
-                path, rc != SQLITE_OK ? sqlite3_errmsg(db) : v, path);
+                  "%s: database is corrupt (quick_check: %s); restore a backup, salvage it "
+                  "with `sqlite3 %s .recover`, or use --reset-state",
+                  path, rc != SQLITE_OK ? sqlite3_errmsg(db) : v, path);
         return BD_ERR_CORRUPT;
     }
     rc = query_text(db, "SELECT value FROM meta WHERE key='schema_version'", v, sizeof v);
     if (rc != SQLITE_OK || v[0] == '\0') {
         util_errf(err, errlen, "%s: banditd database without a schema version (%s)", path,
-                rc != SQLITE_OK ? sqlite3_errmsg(db) : "missing");
+                  rc != SQLITE_OK ? sqlite3_errmsg(db) : "missing");
         return BD_ERR_CORRUPT;
     }
     *version = atoi(v);
     if (*version != STORE_SCHEMA_VERSION && *version != 1) {
         util_errf(err, errlen,
-                "%s: schema version %s, this banditd supports 1 (migrated) and %d; use a "
-                "matching banditd",
-                path, v, STORE_SCHEMA_VERSION);
+                  "%s: schema version %s, this banditd supports 1 (migrated) and %d; use a "
+                  "matching banditd",
+                  path, v, STORE_SCHEMA_VERSION);
         return BD_ERR_INVALID;
     }
     rc = query_text(db, "SELECT value FROM meta WHERE key='dim'", v, sizeof v);
@@ -393,7 +390,7 @@ static int validate(sqlite3 *db, const char *path, int dim, int *version, char *
     }
     if (atoi(v) != dim) {
         util_errf(err, errlen, "store has dim=%d, config says dim=%d; use --reset-state or migrate",
-                atoi(v), dim);
+                  atoi(v), dim);
         return BD_ERR_INVALID;
     }
     return 0;
@@ -421,8 +418,8 @@ static int migrate_v1(sqlite3 *db, const char *path, char *err, size_t errlen)
     if (r) {
         if (!sqlite3_get_autocommit(db))
             sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-        util_errf(err, errlen, "%s: migration from schema 1 to %d failed (nothing changed): %s", path,
-                STORE_SCHEMA_VERSION, msg);
+        util_errf(err, errlen, "%s: migration from schema 1 to %d failed (nothing changed): %s",
+                  path, STORE_SCHEMA_VERSION, msg);
     }
     return r;
 }
@@ -782,7 +779,7 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     if (!path || !path[0] || strlen(path) > 4000 || dim < 1 || dim > STORE_MAX_DIM ||
         queue_cap < 1 || queue_cap > (1u << 24)) {
         util_errf(err, errlen, "store_open: invalid arguments (path, dim 1..%d, queue_cap >= 1)",
-                STORE_MAX_DIM);
+                  STORE_MAX_DIM);
         return BD_ERR_INVALID;
     }
     int r;
@@ -799,9 +796,9 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
         snprintf(wal, sizeof wal, "%s-wal", path);
         if (stat(wal, &stt) == 0) {
             util_errf(err, errlen,
-                    "%s does not exist but %s does (the database was removed without its "
-                    "WAL); refusing to start fresh: move the WAL away or use --reset-state",
-                    path, wal);
+                      "%s does not exist but %s does (the database was removed without its "
+                      "WAL); refusing to start fresh: move the WAL away or use --reset-state",
+                      path, wal);
             return BD_ERR_CORRUPT;
         }
         if ((r = create_fresh(path, dim, err, errlen)))
@@ -828,7 +825,7 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE, NULL);
     if (rc != SQLITE_OK) {
         util_errf(err, errlen, "%s: cannot open: %s", path,
-                s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+                  s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
         r = map_sqlite(rc) == BD_ERR_NOMEM ? BD_ERR_NOMEM : BD_ERR_IO;
         goto fail;
     }
@@ -841,7 +838,7 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     rc = query_text(s->db, "PRAGMA journal_mode=WAL", mode, sizeof mode);
     if (rc != SQLITE_OK || strcmp(mode, "wal") != 0) {
         util_errf(err, errlen, "%s: cannot enable WAL (%s)", path,
-                rc != SQLITE_OK ? sqlite3_errmsg(s->db) : mode);
+                  rc != SQLITE_OK ? sqlite3_errmsg(s->db) : mode);
         r = BD_ERR_IO;
         goto fail;
     }
@@ -1454,7 +1451,7 @@ int store_export(const char *path, FILE *out, char *err, size_t errlen)
     int r = 0;
     if (rc != SQLITE_OK) {
         util_errf(err, errlen, "%s: cannot open read-only: %s", path,
-                db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+                  db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
         sqlite3_close(db);
         return BD_ERR_IO;
     }

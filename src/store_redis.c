@@ -231,7 +231,6 @@ struct store_redis {
 
 /* ---------- small helpers ---------- */
 
-
 static void put_u64le(unsigned char *p, uint64_t u)
 {
     for (int k = 0; k < 8; k++)
@@ -272,8 +271,6 @@ static void dec_doubles(double *out, const unsigned char *in, size_t n)
     for (size_t i = 0; i < n; i++)
         out[i] = get_f64(in + 8 * i);
 }
-
-
 
 /* Features: 'D' + dim LE doubles, or 'S' + (u32 index, f64 value) pairs in
  * increasing index order, whichever is smaller. Returns a malloc'd buffer. */
@@ -542,8 +539,9 @@ static int conn_open(store_redis *s, int timeout_ms, redisContext **out, char *e
         goto out;
     }
     if (atoi(r->str) != s->dim) {
-        util_errf(err, errlen, "redis has dim=%s, config says dim=%d; use another prefix or migrate",
-                r->str, s->dim);
+        util_errf(err, errlen,
+                  "redis has dim=%s, config says dim=%d; use another prefix or migrate", r->str,
+                  s->dim);
         rc = BD_ERR_INVALID;
         goto out;
     }
@@ -551,7 +549,8 @@ static int conn_open(store_redis *s, int timeout_ms, redisContext **out, char *e
     for (int i = 0; i < SC_COUNT; i++) {
         r = cmd(c, "SCRIPT LOAD %s", script_src[i]);
         if (!r || r->type != REDIS_REPLY_STRING || r->len != 40) {
-            util_errf(err, errlen, "redis SCRIPT LOAD: %s", r ? (r->str ? r->str : "?") : c->errstr);
+            util_errf(err, errlen, "redis SCRIPT LOAD: %s",
+                      r ? (r->str ? r->str : "?") : c->errstr);
             rc = BD_ERR_IO;
             goto out;
         }
@@ -1390,8 +1389,8 @@ int store_redis_open(const char *url, int dim, const struct store_redis_opts *o,
         o->timeout_ms < 1 || o->block_ms < 1 || o->lookup_wait_ms < 0 || !(o->heartbeat_s > 0) ||
         !(o->replica_stale_s > 0)) {
         util_errf(err, errlen,
-                "store_redis_open: invalid options (dim, apply, queue_cap, ttl_s, "
-                "timeouts)");
+                  "store_redis_open: invalid options (dim, apply, queue_cap, ttl_s, "
+                  "timeouts)");
         return BD_ERR_INVALID;
     }
     store_redis *s = calloc(1, sizeof *s);
@@ -1403,13 +1402,13 @@ int store_redis_open(const char *url, int dim, const struct store_redis_opts *o,
     s->o = *o;
     if (parse_url(url, &s->cc) != 0) {
         util_errf(err, errlen,
-                "store.redis: bad url \"%.100s\" (want redis://[:password@]host[:port][/db])",
-                url ? url : "");
+                  "store.redis: bad url \"%.100s\" (want redis://[:password@]host[:port][/db])",
+                  url ? url : "");
         free(s);
         return BD_ERR_INVALID;
     }
-    if (util_copy_name(s->prefix, sizeof s->prefix, o->prefix ? o->prefix : STORE_REDIS_PREFIX_DEFAULT,
-                  0) != 0) {
+    if (util_copy_name(s->prefix, sizeof s->prefix,
+                       o->prefix ? o->prefix : STORE_REDIS_PREFIX_DEFAULT, 0) != 0) {
         util_errf(err, errlen, "store_redis: prefix too long");
         free(s);
         return BD_ERR_INVALID;
@@ -1780,8 +1779,8 @@ int store_redis_put_snapshot(store_redis *s, const struct store_arm_state *arms,
     op->n_snap = n;
     for (int i = 0; i < n; i++) {
         struct snap_arm *sa = &op->snap[i];
-        if (util_copy_name(sa->name, sizeof sa->name, arms[i].arm_name, 0) || !arms[i].A || !arms[i].b ||
-            !util_all_finite(arms[i].A, d * d) || !util_all_finite(arms[i].b, d)) {
+        if (util_copy_name(sa->name, sizeof sa->name, arms[i].arm_name, 0) || !arms[i].A ||
+            !arms[i].b || !util_all_finite(arms[i].A, d * d) || !util_all_finite(arms[i].b, d)) {
             free_op(op);
             return BD_ERR_INVALID;
         }

@@ -22,7 +22,7 @@ struct upstream_call {
     upstream *u;
     CURL *easy;
     struct curl_slist *headers;
-    char *hdr_key; /* api key `headers` were built for ("" none); owned */
+    char *hdr_key;  /* api key `headers` were built for ("" none); owned */
     int hdr_stream; /* and the stream flag */
     struct upstream_cbs cb;
     void *ud;
@@ -30,7 +30,7 @@ struct upstream_call {
     char content_type[128];
     int headers_done;
     double t_start_ms;
-    double t_first_byte_ms; /* <0 until the first body byte */
+    double t_first_byte_ms;  /* <0 until the first body byte */
     double ttfb_deadline_ms; /* <0 none or first byte seen */
     long retry_after_ms;     /* latest Retry-After, -1 none */
     struct upstream_call *prev, *next;
@@ -58,8 +58,8 @@ struct upstream {
     int extra_fd;             /* registered extra fd, -1 none */
     double timer_deadline_ms; /* curl's timer, <0 none */
     struct epoll_event ev[UPSTREAM_MAX_EVENTS];
-    int n_ev;               /* events from the last upstream_poll */
-    double ttfb_next_ms;    /* earliest ttfb deadline of any call, <0 none */
+    int n_ev;                      /* events from the last upstream_poll */
+    double ttfb_next_ms;           /* earliest ttfb deadline of any call, <0 none */
     struct upstream_timer *timers; /* pending one-shot timers (few) */
     struct upstream_call *pool;    /* finished calls for reuse, linked by next */
     size_t n_pool;
@@ -503,7 +503,8 @@ static void expire_ttfb(upstream *u)
     }
     u->ttfb_next_ms = -1;
     for (upstream_call *c = u->calls; c; c = c->next)
-        if (c->ttfb_deadline_ms >= 0 && (u->ttfb_next_ms < 0 || c->ttfb_deadline_ms < u->ttfb_next_ms))
+        if (c->ttfb_deadline_ms >= 0 &&
+            (u->ttfb_next_ms < 0 || c->ttfb_deadline_ms < u->ttfb_next_ms))
             u->ttfb_next_ms = c->ttfb_deadline_ms;
 }
 

@@ -26,8 +26,8 @@
 static int router_eq(const struct config_router *a, const struct config_router *b)
 {
     if (a->policy != b->policy || a->alpha != b->alpha || a->lambda != b->lambda ||
-        a->mu0 != b->mu0 || a->dim != b->dim || a->forgetting != b->forgetting || a->text_weight != b->text_weight ||
-        a->thompson_v != b->thompson_v || a->seed != b->seed ||
+        a->mu0 != b->mu0 || a->dim != b->dim || a->forgetting != b->forgetting ||
+        a->text_weight != b->text_weight || a->thompson_v != b->thompson_v || a->seed != b->seed ||
         a->refactor_every != b->refactor_every || a->n_profiles != b->n_profiles ||
         strcmp(a->default_preference, b->default_preference) != 0)
         return 0;
@@ -375,8 +375,7 @@ START_TEST(test_field_errors)
     parse_bad(with("\"store\":{\"snapshot_every\":0}"), "store.snapshot_every", NULL);
     parse_bad(with("\"store\":{\"queue_cap\":8}"), "store.queue_cap", NULL);
     parse_bad(with("\"store\":{\"redis\":\"http://x\"}"), "store.redis", "redis://");
-    parse_bad(with("\"store\":{\"redis\":\"redis://h:1\",\"path\":\"a.db\"}"), "store",
-              "not both");
+    parse_bad(with("\"store\":{\"redis\":\"redis://h:1\",\"path\":\"a.db\"}"), "store", "not both");
     parse_bad(with("\"store\":{\"queue_cap\":1.5}"), "store.queue_cap", NULL);
     {
         struct config *sc = parse_ok(with("\"store\":{\"path\":\"x.db\",\"snapshot_interval_s\":5,"
@@ -595,12 +594,9 @@ START_TEST(test_listen)
         const char *listen;
         const char *host;
         int port;
-    } good[] = {{"127.0.0.1:8080", "127.0.0.1", 8080},
-                {"0.0.0.0:1", "0.0.0.0", 1},
-                {"127.0.0.1:0", "127.0.0.1", 0},
-                {"localhost:65535", "localhost", 65535},
-                {"[::1]:9000", "::1", 9000},
-                {"[::]:80", "::", 80}};
+    } good[] = {{"127.0.0.1:8080", "127.0.0.1", 8080}, {"0.0.0.0:1", "0.0.0.0", 1},
+                {"127.0.0.1:0", "127.0.0.1", 0},       {"localhost:65535", "localhost", 65535},
+                {"[::1]:9000", "::1", 9000},           {"[::]:80", "::", 80}};
     char extra[256];
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
         snprintf(extra, sizeof extra, "\"listen\":\"%s\"", good[i].listen);
@@ -610,8 +606,8 @@ START_TEST(test_listen)
         config_destroy(cfg);
     }
     static const char *const bad[] = {
-        "localhost", ":8080",    "host:",     "host:65536", "host:80a",         "host:-1",
-        "host:+80",  "::1:8080", "[::1:8080", "[]:80",  "a b:80",     "host:99999999999", ""};
+        "localhost", ":8080",     "host:", "host:65536", "host:80a",         "host:-1", "host:+80",
+        "::1:8080",  "[::1:8080", "[]:80", "a b:80",     "host:99999999999", ""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         snprintf(extra, sizeof extra, "\"listen\":\"%s\"", bad[i]);
         parse_bad(with(extra), "listen", NULL);

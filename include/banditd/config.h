@@ -26,33 +26,33 @@ struct config_arm {
     double price_out_per_mtok;         /* USD per million completion tokens */
     long timeout_ms;                   /* total upstream deadline (default 60000) */
     long connect_timeout_ms;           /* default 5000 */
-    long ttfb_timeout_ms;              /* deadline for the first response byte; 0 = none (default) */
-    unsigned max_inflight;             /* calls in flight to this arm; 0 = unlimited (default) */
-    int has_prior;                     /* prior_quality given? */
-    double prior_quality;              /* in [0,1] */
+    long ttfb_timeout_ms;  /* deadline for the first response byte; 0 = none (default) */
+    unsigned max_inflight; /* calls in flight to this arm; 0 = unlimited (default) */
+    int has_prior;         /* prior_quality given? */
+    double prior_quality;  /* in [0,1] */
 };
 
 struct config_router {
-    enum config_policy policy;        /* "linucb" (default) | "thompson" */
-    double alpha;                     /* UCB width factor, default 0.1 */
-    double lambda;                    /* ridge, default 1.0 */
-    double mu0;                       /* optimistic offset, default 1.0 */
-    int dim;                          /* feature dimension, default 256 (16..4096) */
-    double forgetting;                /* gamma in (0,1], default 1.0 */
-    double text_weight;               /* hashed-text block norm vs the bias, (0,4], default 0.5 */
-    double thompson_v;                /* posterior scale v, default 0.1 */
-    unsigned long long seed;          /* RNG seed for Thompson/tie noise, default 1 */
-    int refactor_every;               /* re-derive A^-1 every N updates, default 1000 */
+    enum config_policy policy; /* "linucb" (default) | "thompson" */
+    double alpha;              /* UCB width factor, default 0.1 */
+    double lambda;             /* ridge, default 1.0 */
+    double mu0;                /* optimistic offset, default 1.0 */
+    int dim;                   /* feature dimension, default 256 (16..4096) */
+    double forgetting;         /* gamma in (0,1], default 1.0 */
+    double text_weight;        /* hashed-text block norm vs the bias, (0,4], default 0.5 */
+    double thompson_v;         /* posterior scale v, default 0.1 */
+    unsigned long long seed;   /* RNG seed for Thompson/tie noise, default 1 */
+    int refactor_every;        /* re-derive A^-1 every N updates, default 1000 */
     char default_preference[PREF_HEADER_MAX]; /* header value used when absent */
     struct pref_profile profiles[CONFIG_MAX_PROFILES];
-    size_t n_profiles;                /* defaults: cheap, balanced, best */
+    size_t n_profiles; /* defaults: cheap, balanced, best */
 };
 
 struct config {
     char listen_host[128]; /* default "127.0.0.1" */
     int listen_port;       /* default 8080 */
     struct config_arm arms[CONFIG_MAX_ARMS];
-    size_t n_arms; /* >= 1 */
+    size_t n_arms;                                     /* >= 1 */
     char aliases[CONFIG_MAX_ALIASES][CONFIG_NAME_MAX]; /* router aliases, default {"auto"} */
     size_t n_aliases;
     struct config_router router;
@@ -61,12 +61,12 @@ struct config {
         size_t max_pending; /* decisions kept awaiting feedback, default 1000000 */
     } feedback;
     struct {
-        char path[512]; /* SQLite path; "" = in memory only */
+        char path[512];           /* SQLite path; "" = in memory only */
         long snapshot_interval_s; /* model snapshot at most this often, default 60 */
         long snapshot_every;      /* ...or after this many feedbacks to an arm, default 1000 */
         long queue_cap;           /* store write queue (ops), default 4096 */
-        char redis[512]; /* "redis://host:port/db": shared state for replicas
-                            (docs/scale-out.md); "" = none; excludes path */
+        char redis[512];          /* "redis://host:port/db": shared state for replicas
+                                     (docs/scale-out.md); "" = none; excludes path */
     } store;
     struct {
         char client_keys_env[CONFIG_NAME_MAX]; /* "" = no client auth */
@@ -79,19 +79,19 @@ struct config {
         long cooldown_ms;      /* open → half-open probe after this, default 10000 */
     } health;
     struct {
-        int level;      /* enum log_level, default info */
-        char file[512]; /* "" = stderr */
+        int level;        /* enum log_level, default info */
+        char file[512];   /* "" = stderr */
         int debug_bodies; /* log request bodies at debug level (default 0: never) */
     } log;
     struct {
-        size_t max_body_bytes;        /* default 4 MiB */
-        unsigned max_connections;     /* default 10000 */
-        unsigned connection_timeout_s;/* idle/slow client timeout, default 30 */
-        unsigned max_inflight;        /* upstream calls in flight, default 10000 */
-        int max_fallbacks;            /* other arms tried after a failure, default 2 */
-        int max_retries;              /* same-arm retries on 429/503 + Retry-After, default 1 */
-        long request_timeout_ms;      /* overall deadline of one chat request, default 120000 */
-        unsigned shutdown_grace_s;    /* SIGTERM: wait this long for in-flight requests, default 30 */
+        size_t max_body_bytes;         /* default 4 MiB */
+        unsigned max_connections;      /* default 10000 */
+        unsigned connection_timeout_s; /* idle/slow client timeout, default 30 */
+        unsigned max_inflight;         /* upstream calls in flight, default 10000 */
+        int max_fallbacks;             /* other arms tried after a failure, default 2 */
+        int max_retries;               /* same-arm retries on 429/503 + Retry-After, default 1 */
+        long request_timeout_ms;       /* overall deadline of one chat request, default 120000 */
+        unsigned shutdown_grace_s; /* SIGTERM: wait this long for in-flight requests, default 30 */
     } limits;
 };
 

@@ -32,15 +32,15 @@
 #define DECISIONS_ID_MAX 128 /* completion ids longer than this are not indexed */
 
 struct decision {
-    char id[33];                            /* request id (hex) */
-    char completion_id[DECISIONS_ID_MAX];   /* upstream "id", "" until known */
+    char id[33];                          /* request id (hex) */
+    char completion_id[DECISIONS_ID_MAX]; /* upstream "id", "" until known */
     int arm;
-    double *x;                              /* dim features, owned by the store */
+    double *x; /* dim features, owned by the store */
     struct pref_weights w;
-    double created_s;                       /* wall clock */
+    double created_s; /* wall clock */
     double cost_usd;
     double latency_ms;
-    uint64_t client;                        /* hash of the client key (0 = none) */
+    uint64_t client; /* hash of the client key (0 = none) */
 };
 
 typedef struct decisions decisions;

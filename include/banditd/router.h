@@ -29,19 +29,19 @@ struct router_arm_score {
 };
 
 struct router_decision {
-    int n;                               /* candidates considered */
-    int order[ROUTER_MAX_ARMS];          /* arm indices, best first; order[0] is the choice */
+    int n;                      /* candidates considered */
+    int order[ROUTER_MAX_ARMS]; /* arm indices, best first; order[0] is the choice */
     struct router_arm_score s[ROUTER_MAX_ARMS]; /* indexed by arm index */
 };
 
 struct router_arm_stats {
-    uint64_t pulls;           /* decisions that chose this arm */
-    uint64_t feedback;        /* rewards applied */
+    uint64_t pulls;    /* decisions that chose this arm */
+    uint64_t feedback; /* rewards applied */
     double reward_sum;
     double exp_completion_tokens; /* Ê[completion tokens] */
-    double latency_ms;        /* estimated time to last byte */
-    double ttfb_ms;           /* estimated time to first byte (streams) */
-    uint64_t usage_obs;       /* usage observations */
+    double latency_ms;            /* estimated time to last byte */
+    double ttfb_ms;               /* estimated time to first byte (streams) */
+    uint64_t usage_obs;           /* usage observations */
 };
 
 /* Create a router for cfg's arms and router settings (cfg is read at create

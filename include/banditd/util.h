@@ -36,8 +36,7 @@ void util_buf_init(struct util_buf *b, size_t max);
  * exceed max, or BD_ERR_NOMEM. */
 int util_buf_append(struct util_buf *b, const void *data, size_t len);
 /* printf-style append, same return values. */
-int util_buf_printf(struct util_buf *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+int util_buf_printf(struct util_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Drop the first n bytes (n <= len). */
 void util_buf_consume(struct util_buf *b, size_t n);
 void util_buf_reset(struct util_buf *b);
@@ -46,7 +45,8 @@ void util_buf_free(struct util_buf *b);
 
 /* Write a printf-style message into a caller's error buffer (err may be NULL
  * or errlen 0: then nothing is written). */
-void util_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void util_errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* 1 if all n values are finite. */
 int util_all_finite(const double *x, size_t n);
