@@ -1,6 +1,7 @@
 /* log — one JSON object per line. */
 #include "banditd/log.h"
 #include "banditd/err.h"
+#include "banditd/util.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -9,6 +10,8 @@
 
 static int g_level = LOG_INFO;
 static FILE *g_out;
+
+#define LOG_LINE_MAX (64 * 1024) /* bytes of one log line at most */
 
 static const char *level_name(int level)
 {
@@ -61,16 +64,16 @@ int log_open(const char *path)
     return BD_OK;
 }
 
-/* Write s as the inside of a JSON string, escaping what JSON requires. */
-static void put_escaped(FILE *f, const char *s)
+/* Append s as the inside of a JSON string, escaping what JSON requires. */
+static void put_escaped(struct util_buf *b, const char *s)
 {
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
+            util_buf_printf(b, "\\%c", *p);
         else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
+            util_buf_printf(b, "\\u%04x", *p);
         else
-            fputc(*p, f);
+            util_buf_append(b, p, 1);
     }
 }
 
@@ -85,18 +88,28 @@ void log_emit(int level, const char *msg, const char *fields_json)
     gmtime_r(&ts.tv_sec, &tm);
     char when[32];
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
-    flockfile(f);
-    fprintf(f, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when, ts.tv_nsec / 1000000,
-            level_name(level));
-    put_escaped(f, msg);
-    fputc('"', f);
+    /* The whole line is assembled first and written with one call, so that a
+     * reader never sees half a line (stderr is unbuffered). A line longer
+     * than the cap is cut, still as one write. */
+    struct util_buf b;
+    util_buf_init(&b, LOG_LINE_MAX);
+    util_buf_printf(&b, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when,
+                    ts.tv_nsec / 1000000, level_name(level));
+    put_escaped(&b, msg);
+    util_buf_append(&b, "\"", 1);
     if (fields_json && *fields_json) {
-        fputc(',', f);
-        fputs(fields_json, f);
+        util_buf_append(&b, ",", 1);
+        util_buf_append(&b, fields_json, strlen(fields_json));
     }
-    fputs("}\n", f);
-    funlockfile(f);
-    fflush(f);
+    if (util_buf_append(&b, "}\n", 2) != BD_OK && b.data && b.len > 0)
+        b.data[b.len - 1] = '\n'; /* over the cap: keep the line a line */
+    if (b.data) {
+        flockfile(f);
+        fwrite(b.data, 1, b.len, f);
+        funlockfile(f);
+        fflush(f);
+    }
+    util_buf_free(&b);
 }
 
 void log_msgf(int level, const char *fmt, ...)

@@ -56,8 +56,11 @@ def wait_log(pattern, since, timeout=10.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         txt = S["d"].log_text()[since:]
-        if pattern in txt:
-            return txt
+        # Only complete lines count: the daemon may be half-way through
+        # writing the one that matches.
+        done = txt[:txt.rfind("\n") + 1]
+        if pattern in done:
+            return done
         time.sleep(0.05)
     raise AssertionError("log line %r not seen; tail:\n%s" % (pattern, S["d"].log_text()[-2000:]))
 
