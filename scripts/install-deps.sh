@@ -4,7 +4,8 @@
 set -euo pipefail
 PKGS=(build-essential pkg-config libmicrohttpd-dev libcurl4-openssl-dev libcjson-dev
       libopenblas-dev check libsqlite3-dev libhiredis-dev python3 curl
-      redis-server nginx-light wrk gnuplot-nox prometheus nodejs npm valgrind)
+      redis-server nginx-light wrk gnuplot-nox prometheus nodejs npm valgrind
+      clang libclang-rt-14-dev)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
