@@ -337,17 +337,7 @@ void state_poll(state *s, double now_s)
 void state_decision(state *s, const struct decision *d)
 {
     const char *name = arm_name_cb(s, d->arm);
-    struct store_decision sd = {
-        .id = d->id,
-        .completion_id = d->completion_id,
-        .arm_name = name,
-        .x = d->x,
-        .w = d->w,
-        .created_s = d->created_s,
-        .cost_usd = d->cost_usd,
-        .latency_ms = d->latency_ms,
-        .client = d->client,
-    };
+    struct store_decision sd = store_decision_of(d, name);
     int rc = name ? store_put_decision(s->st, &sd, NULL, NULL) : BD_ERR_INVALID;
     if (rc != BD_OK) {
         s->dropped++;

@@ -264,17 +264,7 @@ void state_redis_decision(state_redis *s, const struct decision *d)
 {
     const char *name =
         d->arm >= 0 && (size_t)d->arm < s->cfg->n_arms ? s->cfg->arms[d->arm].name : NULL;
-    struct store_decision sd = {
-        .id = d->id,
-        .completion_id = d->completion_id,
-        .arm_name = name,
-        .x = d->x,
-        .w = d->w,
-        .created_s = d->created_s,
-        .cost_usd = d->cost_usd,
-        .latency_ms = d->latency_ms,
-        .client = d->client,
-    };
+    struct store_decision sd = store_decision_of(d, name);
     int rc = name ? store_redis_put_decision(s->st, &sd, NULL, NULL) : BD_ERR_INVALID;
     if (rc != BD_OK) {
         s->dropped++;

@@ -40,6 +40,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include "banditd/decisions.h"
 #include "banditd/pref.h"
 
 #define STORE_SCHEMA_VERSION 2 /* 1 is migrated on open (docs/state.md) */
@@ -76,6 +77,25 @@ struct store_decision {
     double latency_ms;
     uint64_t client; /* hash of the client key, 0 = none */
 };
+
+/* The row of an in-memory decision under arm_name (borrows d's strings and x:
+ * valid while d is). Shared by both back ends (store.c, store_redis.c). */
+static inline struct store_decision store_decision_of(const struct decision *d,
+                                                      const char *arm_name)
+{
+    struct store_decision sd = {
+        .id = d->id,
+        .completion_id = d->completion_id,
+        .arm_name = arm_name,
+        .x = d->x,
+        .w = d->w,
+        .created_s = d->created_s,
+        .cost_usd = d->cost_usd,
+        .latency_ms = d->latency_ms,
+        .client = d->client,
+    };
+    return sd;
+}
 
 /* A feedback row, as loaded (pointers valid during the callback). */
 struct store_feedback {
