@@ -8,7 +8,8 @@
  * accepted the reward, so a failed update can be retried (exactly once).
  *
  * The durable path (feedback_submit) shares the checks (resolve_item) and
- * the answer builder (build_answer); a resolved item is queued in the store
+ * the answer builder (feedback_answer), and so does the Redis back end
+ * (state_redis.c, through the exported building blocks); a resolved item is queued in the store
  * and settled by its commit callback (on_commit). In-flight request ids are
  * kept in a small chained hash set so that a second feedback gets 409 while
  * the first one waits for its commit. */
@@ -28,26 +29,13 @@
 #include <cjson/cJSON.h>
 
 #define FEEDBACK_MAX_DEPTH 32
-#define ECHO_MAX 64 /* bytes of a client-supplied name quoted in a message */
 
 #define T_INVALID "invalid_request_error"
 #define T_PERMISSION "permission_error"
 #define T_SERVER "server_error"
 
-struct item_result {
-    int status; /* 200 or the error's HTTP status; 0 = queued, not settled */
-    const char *type, *code;
-    char param[ECHO_MAX + 1]; /* "" = null */
-    char message[192];
-    char id[33]; /* banditd request id (on success) */
-    int arm;
-};
-
-static void fail(struct item_result *r, int status, const char *type, const char *code,
-                 const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-
-static void fail(struct item_result *r, int status, const char *type, const char *code,
-                 const char *param, const char *fmt, ...)
+void feedback_fail(struct feedback_result *r, int status, const char *type, const char *code,
+                   const char *param, const char *fmt, ...)
 {
     r->status = status;
     r->type = type;
@@ -59,29 +47,33 @@ static void fail(struct item_result *r, int status, const char *type, const char
     va_end(ap);
 }
 
-/* Copy at most ECHO_MAX bytes of client text, printable ASCII only, so that
+/* Copy at most FEEDBACK_ECHO_MAX bytes of client text, printable ASCII only, so that
  * an echoed name can neither bloat nor corrupt (invalid UTF-8) a response. */
 static void echo_copy(char *dst, size_t dstlen, const char *src)
 {
     size_t n = 0;
-    for (; src && *src && n + 1 < dstlen && n < ECHO_MAX; src++)
+    for (; src && *src && n + 1 < dstlen && n < FEEDBACK_ECHO_MAX; src++)
         dst[n++] = (*src >= 0x20 && *src < 0x7f) ? *src : '?';
     dst[n] = '\0';
 }
 
-/* Shape checks, decision lookup and the client check. On success
- * r->status == 200 (nothing applied yet), r->id / r->arm are set and *dout,
- * *reward hold the decision (borrowed from ds) and the reward; otherwise r
- * holds the error. */
-static void resolve_item(decisions *ds, const cJSON *item, uint64_t client, int admin, double now_s,
-                         struct item_result *r, double *reward, const struct decision **dout)
+int feedback_check_item(const cJSON *item, int batch, struct feedback_result *r,
+                        const char **request_id, double *reward)
 {
     memset(r, 0, sizeof *r);
     r->arm = -1;
-    *dout = NULL;
+    *request_id = NULL;
+    *reward = 0;
+    if (batch) {
+        const cJSON *given =
+            cJSON_IsObject(item) ? cJSON_GetObjectItemCaseSensitive(item, "request_id") : NULL;
+        if (cJSON_IsString(given) && given->valuestring &&
+            !(r->given_id = strdup(given->valuestring)))
+            return BD_ERR_NOMEM;
+    }
     if (!cJSON_IsObject(item)) {
-        fail(r, 400, T_INVALID, "invalid_body", NULL, "feedback must be a JSON object");
-        return;
+        feedback_fail(r, 400, T_INVALID, "invalid_body", NULL, "feedback must be a JSON object");
+        return BD_ERR_INVALID;
     }
     const cJSON *rid = NULL, *rw = NULL, *comment = NULL;
     for (const cJSON *c = item->child; c; c = c->next) {
@@ -92,30 +84,31 @@ static void resolve_item(decisions *ds, const cJSON *item, uint64_t client, int 
             slot = &rw;
         else if (c->string && strcmp(c->string, "comment") == 0)
             slot = &comment;
-        char name[ECHO_MAX + 1];
+        char name[FEEDBACK_ECHO_MAX + 1];
         echo_copy(name, sizeof name, c->string);
         if (!slot) {
-            fail(r, 400, T_INVALID, "unknown_field", name, "unknown field '%s'", name);
-            return;
+            feedback_fail(r, 400, T_INVALID, "unknown_field", name, "unknown field '%s'", name);
+            return BD_ERR_INVALID;
         }
         if (*slot) {
-            fail(r, 400, T_INVALID, "duplicate_field", name, "duplicate field '%s'", name);
-            return;
+            feedback_fail(r, 400, T_INVALID, "duplicate_field", name, "duplicate field '%s'", name);
+            return BD_ERR_INVALID;
         }
         *slot = c;
     }
     if (!rid) {
-        fail(r, 400, T_INVALID, "missing_request_id", "request_id", "missing field 'request_id'");
-        return;
+        feedback_fail(r, 400, T_INVALID, "missing_request_id", "request_id",
+                      "missing field 'request_id'");
+        return BD_ERR_INVALID;
     }
     if (!cJSON_IsString(rid) || !rid->valuestring || !rid->valuestring[0]) {
-        fail(r, 400, T_INVALID, "invalid_request_id", "request_id",
-             "'request_id' must be a non-empty string");
-        return;
+        feedback_fail(r, 400, T_INVALID, "invalid_request_id", "request_id",
+                      "'request_id' must be a non-empty string");
+        return BD_ERR_INVALID;
     }
     if (!rw) {
-        fail(r, 400, T_INVALID, "missing_reward", "reward", "missing field 'reward'");
-        return;
+        feedback_fail(r, 400, T_INVALID, "missing_reward", "reward", "missing field 'reward'");
+        return BD_ERR_INVALID;
     }
     double rv;
     if (cJSON_IsTrue(rw)) {
@@ -126,58 +119,84 @@ static void resolve_item(decisions *ds, const cJSON *item, uint64_t client, int 
                rw->valuedouble <= 1.0) {
         rv = rw->valuedouble + 0.0; /* -0 -> +0 */
     } else {
-        fail(r, 400, T_INVALID, "invalid_reward", "reward",
-             "'reward' must be a number in [0,1] or a boolean");
-        return;
+        feedback_fail(r, 400, T_INVALID, "invalid_reward", "reward",
+                      "'reward' must be a number in [0,1] or a boolean");
+        return BD_ERR_INVALID;
     }
     if (comment && !cJSON_IsString(comment) && !cJSON_IsNull(comment)) {
-        fail(r, 400, T_INVALID, "invalid_comment", "comment", "'comment' must be a string");
-        return;
+        feedback_fail(r, 400, T_INVALID, "invalid_comment", "comment",
+                      "'comment' must be a string");
+        return BD_ERR_INVALID;
     }
+    *request_id = rid->valuestring;
+    *reward = rv;
+    return BD_OK;
+}
 
-    const struct decision *d = NULL;
-    int rc = decisions_find(ds, rid->valuestring, now_s, &d);
+void feedback_fail_lookup(struct feedback_result *r, int rc)
+{
     switch (rc) {
-    case BD_OK:
-        break;
     case BD_ERR_NOTFOUND:
-        fail(r, 404, T_INVALID, "unknown_request_id", "request_id", "unknown request_id");
+        feedback_fail(r, 404, T_INVALID, "unknown_request_id", "request_id", "unknown request_id");
         return;
     case BD_ERR_EXISTS:
-        fail(r, 409, T_INVALID, "duplicate_feedback", "request_id",
-             "feedback for this request_id was already applied");
+        feedback_fail(r, 409, T_INVALID, "duplicate_feedback", "request_id",
+                      "feedback for this request_id was already applied");
         return;
     case BD_ERR_EXPIRED:
-        fail(r, 410, T_INVALID, "expired_request_id", "request_id",
-             "request_id expired; feedback is no longer accepted");
+        feedback_fail(r, 410, T_INVALID, "expired_request_id", "request_id",
+                      "request_id expired; feedback is no longer accepted");
+        return;
+    case BD_ERR_FORBIDDEN:
+        feedback_fail(r, 403, T_PERMISSION, "forbidden", "request_id",
+                      "this request_id belongs to another client");
         return;
     default:
-        fail(r, 500, T_SERVER, "internal_error", NULL, "decision lookup failed: %s",
-             bd_strerror(rc));
+        feedback_fail(r, 500, T_SERVER, "internal_error", NULL, "decision lookup failed: %s",
+                      bd_strerror(rc));
         return;
     }
+}
+
+/* Shape checks, decision lookup and the client check. On success
+ * r->status == 200 (nothing applied yet), r->id / r->arm are set and *dout,
+ * *reward hold the decision (borrowed from ds) and the reward; otherwise r
+ * holds the error. */
+static void resolve_item(decisions *ds, const cJSON *item, int batch, uint64_t client, int admin,
+                         double now_s, struct feedback_result *r, double *reward,
+                         const struct decision **dout)
+{
+    const char *rid;
+    *dout = NULL;
+    int rc = feedback_check_item(item, batch, r, &rid, reward);
+    if (rc == BD_ERR_NOMEM)
+        feedback_fail(r, 500, T_SERVER, "internal_error", NULL, "out of memory");
+    if (rc != BD_OK)
+        return;
+    const struct decision *d = NULL;
+    rc = decisions_find(ds, rid, now_s, &d);
     /* Only the client that made the request (or an admin) may rate it. */
-    if (!admin && d->client != client) {
-        fail(r, 403, T_PERMISSION, "forbidden", "request_id",
-             "this request_id belongs to another client");
+    if (rc == BD_OK && !admin && d->client != client)
+        rc = BD_ERR_FORBIDDEN;
+    if (rc != BD_OK) {
+        feedback_fail_lookup(r, rc);
         return;
     }
     snprintf(r->id, sizeof r->id, "%s", d->id);
     r->arm = d->arm;
-    *reward = rv;
     *dout = d;
     r->status = 200;
 }
 
 /* The synchronous path: apply a resolved item to the router now. */
 static void apply_now(decisions *ds, router *rt, const struct decision *d, double rv,
-                      struct item_result *r)
+                      struct feedback_result *r)
 {
     int rc = router_feedback(rt, d->arm, d->x, rv);
     if (rc != BD_OK) {
         /* Not taken: the decision stays pending and the update can be retried. */
-        fail(r, 500, T_SERVER, "feedback_not_applied", NULL, "could not apply feedback: %s",
-             bd_strerror(rc));
+        feedback_fail(r, 500, T_SERVER, "feedback_not_applied", NULL,
+                      "could not apply feedback: %s", bd_strerror(rc));
         return;
     }
     rc = decisions_take(ds, r->id);
@@ -188,7 +207,7 @@ static void apply_now(decisions *ds, router *rt, const struct decision *d, doubl
 
 /* The inner {"message","type","param","code"} object, as openai_error_json
  * shapes it. NULL on OOM. */
-static cJSON *error_object(const struct item_result *r)
+static cJSON *error_object(const struct feedback_result *r)
 {
     char *s = openai_error_json(r->message, r->type, r->param[0] ? r->param : NULL, r->code);
     if (!s)
@@ -211,7 +230,7 @@ static int respond_error(int status, const char *type, const char *code, const c
     return BD_OK;
 }
 
-static int respond_item_error(const struct item_result *r, int *status, char **body_out)
+static int respond_item_error(const struct feedback_result *r, int *status, char **body_out)
 {
     return respond_error(r->status, r->type, r->code, r->param[0] ? r->param : NULL, r->message,
                          status, body_out);
@@ -230,8 +249,7 @@ static int respond_json(cJSON *root, int status, int *status_out, char **body_ou
 
 /* One item of a request, from resolution to its answer. */
 struct item {
-    struct item_result r;
-    char *given_id; /* batch: the request_id as given (a string), else NULL */
+    struct feedback_result r; /* first: feedback_answer reads the items with a stride */
     /* durable path */
     struct feedback_job *job;
     double reward;
@@ -239,13 +257,15 @@ struct item {
     char arm_name[STORE_NAME_MAX];
 };
 
-/* The answer document for settled items: a single item's answer, or the
- * batch list. Returns 0 or BD_ERR_NOMEM. */
-static int build_answer(int batch, const struct item *items, size_t n, int *status, char **body_out)
+#define RESULT_AT(first, stride, i)                                                                \
+    ((const struct feedback_result *)(const void *)((const char *)(first) + (i) * (stride)))
+
+int feedback_answer(int batch, const struct feedback_result *first, size_t n, size_t stride,
+                    int *status, char **body_out)
 {
     if (!batch) {
         assert(n == 1);
-        const struct item_result *r = &items[0].r;
+        const struct feedback_result *r = first;
         if (r->status != 200)
             return respond_item_error(r, status, body_out);
         cJSON *root = cJSON_CreateObject();
@@ -267,7 +287,7 @@ static int build_answer(int batch, const struct item *items, size_t n, int *stat
         cJSON_Delete(data);
     long applied = 0, failed = 0;
     for (size_t i = 0; ok && i < n; i++) {
-        const struct item_result *r = &items[i].r;
+        const struct feedback_result *r = RESULT_AT(first, stride, i);
         assert(r->status != 0 && "every item is settled");
         cJSON *it = cJSON_CreateObject();
         ok = it != NULL;
@@ -281,9 +301,8 @@ static int build_answer(int batch, const struct item *items, size_t n, int *stat
         } else {
             failed++;
             ok = ok &&
-                 (items[i].given_id
-                      ? cJSON_AddStringToObject(it, "request_id", items[i].given_id) != NULL
-                      : cJSON_AddNullToObject(it, "request_id") != NULL) &&
+                 (r->given_id ? cJSON_AddStringToObject(it, "request_id", r->given_id) != NULL
+                              : cJSON_AddNullToObject(it, "request_id") != NULL) &&
                  cJSON_AddStringToObject(it, "status", "error");
             cJSON *e = ok ? error_object(r) : NULL;
             if (e)
@@ -345,7 +364,7 @@ static int parse_envelope(const char *body, size_t len, cJSON **root_out, const 
     }
     for (const cJSON *c = root->child; c; c = c->next) {
         if (c != list) {
-            char name[ECHO_MAX + 1], msg[160];
+            char name[FEEDBACK_ECHO_MAX + 1], msg[160];
             echo_copy(name, sizeof name, c->string);
             snprintf(msg, sizeof msg, "unknown field '%s' (a batch holds only 'feedback')", name);
             rc = respond_error(400, T_INVALID, "unknown_field", name, msg, status, body_out);
@@ -375,26 +394,39 @@ static int parse_envelope(const char *body, size_t len, cJSON **root_out, const 
     return BD_OK;
 }
 
-/* The item objects of a parsed envelope, and their given request ids. */
-static int collect_items(const cJSON *root, const cJSON *list, struct item *items, size_t n,
-                         const cJSON **objs)
+int feedback_parse(const char *body, size_t len, struct feedback_body *fb, int *status,
+                   char **body_out)
 {
+    memset(fb, 0, sizeof *fb);
+    const cJSON *list;
+    cJSON *root;
+    size_t n;
+    int rc = parse_envelope(body, len, &root, &list, &n, status, body_out);
+    if (rc != BD_OK || !root)
+        return rc;
+    fb->items = calloc(n ? n : 1, sizeof *fb->items);
+    if (!fb->items) {
+        cJSON_Delete(root);
+        return BD_ERR_NOMEM;
+    }
+    fb->root = root;
+    fb->batch = list != NULL;
+    fb->n = n;
     if (!list) {
-        objs[0] = root;
+        fb->items[0] = root;
         return BD_OK;
     }
     size_t i = 0;
-    for (const cJSON *c = list->child; c && i < n; c = c->next, i++) {
-        objs[i] = c;
-        const cJSON *rid =
-            cJSON_IsObject(c) ? cJSON_GetObjectItemCaseSensitive(c, "request_id") : NULL;
-        if (cJSON_IsString(rid) && rid->valuestring) {
-            items[i].given_id = strdup(rid->valuestring);
-            if (!items[i].given_id)
-                return BD_ERR_NOMEM;
-        }
-    }
+    for (const cJSON *c = list->child; c && i < n; c = c->next)
+        fb->items[i++] = c;
     return BD_OK;
+}
+
+void feedback_body_free(struct feedback_body *fb)
+{
+    cJSON_Delete(fb->root);
+    free(fb->items);
+    memset(fb, 0, sizeof *fb);
 }
 
 static void free_items(struct item *items, size_t n)
@@ -402,7 +434,7 @@ static void free_items(struct item *items, size_t n)
     if (!items)
         return;
     for (size_t i = 0; i < n; i++) {
-        free(items[i].given_id);
+        free(items[i].r.given_id);
         free(items[i].x);
     }
     free(items);
@@ -414,27 +446,23 @@ int feedback_handle(decisions *ds, router *rt, const char *body, size_t len, uin
     assert(ds && rt && status && body_out);
     assert(decisions_dim(ds) == router_dim(rt));
     *body_out = NULL;
-    cJSON *root;
-    const cJSON *list;
-    size_t n;
-    int rc = parse_envelope(body, len, &root, &list, &n, status, body_out);
-    if (rc != BD_OK || !root)
+    struct feedback_body fb;
+    int rc = feedback_parse(body, len, &fb, status, body_out);
+    if (rc != BD_OK || !fb.root)
         return rc;
-    struct item *items = calloc(n ? n : 1, sizeof *items);
-    const cJSON **objs = calloc(n ? n : 1, sizeof *objs);
-    rc = items && objs ? collect_items(root, list, items, n, objs) : BD_ERR_NOMEM;
-    for (size_t i = 0; rc == BD_OK && i < n; i++) {
+    struct item *items = calloc(fb.n ? fb.n : 1, sizeof *items);
+    rc = items ? BD_OK : BD_ERR_NOMEM;
+    for (size_t i = 0; rc == BD_OK && i < fb.n; i++) {
         const struct decision *d;
         double rv = 0;
-        resolve_item(ds, objs[i], client, admin, now_s, &items[i].r, &rv, &d);
+        resolve_item(ds, fb.items[i], fb.batch, client, admin, now_s, &items[i].r, &rv, &d);
         if (items[i].r.status == 200)
             apply_now(ds, rt, d, rv, &items[i].r);
     }
     if (rc == BD_OK)
-        rc = build_answer(list != NULL, items, n, status, body_out);
-    free(objs);
-    free_items(items, n);
-    cJSON_Delete(root);
+        rc = feedback_answer(fb.batch, &items[0].r, fb.n, sizeof *items, status, body_out);
+    free_items(items, fb.n);
+    feedback_body_free(&fb);
     return rc;
 }
 
@@ -559,7 +587,8 @@ static void job_finish(struct feedback_job *job)
     if (!job->detached && job->reply) {
         int status = 500;
         char *body = NULL;
-        if (build_answer(job->batch, job->items, job->n, &status, &body) != BD_OK) {
+        if (feedback_answer(job->batch, &job->items[0].r, job->n, sizeof *job->items, &status,
+                            &body) != BD_OK) {
             status = 500;
             body = NULL;
         }
@@ -590,12 +619,12 @@ static void on_commit(int rc, int64_t seq, void *ud)
         it->r.status = 200;
     } else if (rc == BD_ERR_EXISTS) {
         decisions_take(fa->ds, it->r.id);
-        fail(&it->r, 409, T_INVALID, "duplicate_feedback", "request_id",
-             "feedback for this request_id was already applied");
+        feedback_fail(&it->r, 409, T_INVALID, "duplicate_feedback", "request_id",
+                      "feedback for this request_id was already applied");
     } else {
-        fail(&it->r, 503, T_SERVER, "store_unavailable", NULL,
-             "feedback could not be stored (%s); nothing was applied, retry later",
-             bd_strerror(rc));
+        feedback_fail(&it->r, 503, T_SERVER, "store_unavailable", NULL,
+                      "feedback could not be stored (%s); nothing was applied, retry later",
+                      bd_strerror(rc));
     }
     free(it->x);
     it->x = NULL;
@@ -611,37 +640,35 @@ int feedback_submit(feedback_async *fa, const char *body, size_t len, uint64_t c
     assert(fa && job_out && status && body_out);
     *job_out = NULL;
     *body_out = NULL;
-    cJSON *root;
-    const cJSON *list;
-    size_t n;
-    int rc = parse_envelope(body, len, &root, &list, &n, status, body_out);
-    if (rc != BD_OK || !root)
+    struct feedback_body fb;
+    int rc = feedback_parse(body, len, &fb, status, body_out);
+    if (rc != BD_OK || !fb.root)
         return rc;
+    size_t n = fb.n;
     struct feedback_job *job = calloc(1, sizeof *job);
-    const cJSON **objs = calloc(n ? n : 1, sizeof *objs);
     if (job) {
         job->fa = fa;
-        job->batch = list != NULL;
+        job->batch = fb.batch;
         job->n = n;
         job->items = calloc(n ? n : 1, sizeof *job->items);
     }
-    rc = job && objs && job->items ? collect_items(root, list, job->items, n, objs) : BD_ERR_NOMEM;
+    rc = job && job->items ? BD_OK : BD_ERR_NOMEM;
     size_t dim = (size_t)decisions_dim(fa->ds);
     for (size_t i = 0; rc == BD_OK && i < n; i++) {
         struct item *it = &job->items[i];
         const struct decision *d;
         double rv = 0;
-        resolve_item(fa->ds, objs[i], client, admin, now_s, &it->r, &rv, &d);
+        resolve_item(fa->ds, fb.items[i], fb.batch, client, admin, now_s, &it->r, &rv, &d);
         if (it->r.status != 200)
             continue;
         if (inflight_has(fa, it->r.id)) {
-            fail(&it->r, 409, T_INVALID, "duplicate_feedback", "request_id",
-                 "feedback for this request_id is already being applied");
+            feedback_fail(&it->r, 409, T_INVALID, "duplicate_feedback", "request_id",
+                          "feedback for this request_id is already being applied");
             continue;
         }
         it->x = malloc(dim * sizeof *it->x);
         if (!it->x) {
-            fail(&it->r, 500, T_SERVER, "internal_error", NULL, "out of memory");
+            feedback_fail(&it->r, 500, T_SERVER, "internal_error", NULL, "out of memory");
             continue;
         }
         memcpy(it->x, d->x, dim * sizeof *it->x);
@@ -656,11 +683,11 @@ int feedback_submit(feedback_async *fa, const char *body, size_t len, uint64_t c
             free(it->x);
             it->x = NULL;
             if (pr == BD_ERR_BUSY)
-                fail(&it->r, 503, T_SERVER, "store_busy", NULL,
-                     "the durable store is saturated; retry shortly");
+                feedback_fail(&it->r, 503, T_SERVER, "store_busy", NULL,
+                              "the durable store is saturated; retry shortly");
             else
-                fail(&it->r, 500, T_SERVER, "internal_error", NULL, "cannot queue feedback: %s",
-                     bd_strerror(pr));
+                feedback_fail(&it->r, 500, T_SERVER, "internal_error", NULL,
+                              "cannot queue feedback: %s", bd_strerror(pr));
             continue;
         }
         /* Queued: settled by on_commit. Without the in-flight mark (OOM) a
@@ -669,17 +696,16 @@ int feedback_submit(feedback_async *fa, const char *body, size_t len, uint64_t c
         it->r.status = 0;
         job->outstanding++;
     }
-    free(objs);
-    cJSON_Delete(root);
+    feedback_body_free(&fb);
     if (rc != BD_OK) {
-        /* OOM before anything was queued (collect_items runs first). */
+        /* OOM before anything was queued (the job is allocated first). */
         assert(!job || job->outstanding == 0);
         if (job)
             job_free(job);
         return rc;
     }
     if (job->outstanding == 0) {
-        rc = build_answer(job->batch, job->items, n, status, body_out);
+        rc = feedback_answer(job->batch, &job->items[0].r, n, sizeof *job->items, status, body_out);
         job_free(job);
         return rc;
     }

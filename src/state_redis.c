@@ -17,10 +17,7 @@
 #include "banditd/openai.h"
 #include "banditd/util.h"
 
-#define ECHO_MAX 64
 #define SNAP_CHUNK 16 /* arms per snapshot operation */
-#define T_INVALID "invalid_request_error"
-#define T_PERMISSION "permission_error"
 #define T_SERVER "server_error"
 
 struct state_redis {
@@ -36,16 +33,10 @@ struct state_redis {
 };
 
 struct ritem {
+    struct feedback_result r; /* first: feedback_answer reads items with a stride */
     struct state_redis_job *job;
-    int status; /* 0 = in flight */
-    const char *type, *code;
-    char param[ECHO_MAX + 1];
-    char message[192];
     char key[STORE_ID_MAX]; /* as given */
-    char id[STORE_ID_MAX];  /* the decision's request id */
-    int arm;
     double reward;
-    char *given_id; /* batch: as given */
 };
 
 struct state_redis_job {
@@ -59,29 +50,6 @@ struct state_redis_job {
     size_t n, pending;
     struct ritem *items;
 };
-
-static void fail(struct ritem *r, int status, const char *type, const char *code, const char *param,
-                 const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-static void fail(struct ritem *r, int status, const char *type, const char *code, const char *param,
-                 const char *fmt, ...)
-{
-    r->status = status;
-    r->type = type;
-    r->code = code;
-    snprintf(r->param, sizeof r->param, "%s", param ? param : "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(r->message, sizeof r->message, fmt, ap);
-    va_end(ap);
-}
-
-static void echo_copy(char *dst, size_t dstlen, const char *src)
-{
-    size_t n = 0;
-    for (; src && *src && n + 1 < dstlen && n < ECHO_MAX; src++)
-        dst[n++] = (*src >= 0x20 && *src < 0x7f) ? *src : '?';
-    dst[n] = '\0';
-}
 
 /* ---------- the stream: apply every event in order ---------- */
 
@@ -286,89 +254,15 @@ void state_redis_complete(state_redis *s, const char *id, const char *completion
 
 /* ---------- feedback ---------- */
 
-static int respond_error(int status, const char *type, const char *code, const char *param,
-                         const char *message, int *status_out, char **body_out)
-{
-    char *s = openai_error_json(message, type, param, code);
-    if (!s)
-        return BD_ERR_NOMEM;
-    *status_out = status;
-    *body_out = s;
-    return BD_OK;
-}
-
-static cJSON *error_object(const struct ritem *r)
-{
-    char *s = openai_error_json(r->message, r->type, r->param[0] ? r->param : NULL, r->code);
-    if (!s)
-        return NULL;
-    cJSON *root = cJSON_Parse(s);
-    free(s);
-    cJSON *e = root ? cJSON_DetachItemFromObjectCaseSensitive(root, "error") : NULL;
-    cJSON_Delete(root);
-    return e;
-}
-
 static int build_answer(const struct state_redis_job *j, int *status, char **body_out)
 {
-    if (!j->batch) {
-        const struct ritem *r = &j->items[0];
-        if (r->status != 200)
-            return respond_error(r->status, r->type, r->code, r->param[0] ? r->param : NULL,
-                                 r->message, status, body_out);
-        cJSON *root = cJSON_CreateObject();
-        int ok = root && cJSON_AddStringToObject(root, "request_id", r->id) &&
-                 cJSON_AddStringToObject(root, "status", "applied") &&
-                 cJSON_AddNumberToObject(root, "arm", r->arm);
-        char *txt = ok ? cJSON_PrintUnformatted(root) : NULL;
-        cJSON_Delete(root);
-        if (!txt)
-            return BD_ERR_NOMEM;
-        *status = 200;
-        *body_out = txt;
-        return BD_OK;
-    }
-    cJSON *out = cJSON_CreateObject();
-    cJSON *data = out ? cJSON_AddArrayToObject(out, "data") : NULL;
-    int ok = data && cJSON_AddStringToObject(out, "object", "list");
-    long applied = 0, failed = 0;
-    for (size_t i = 0; ok && i < j->n; i++) {
-        const struct ritem *r = &j->items[i];
-        cJSON *it = cJSON_CreateObject();
-        ok = it != NULL;
-        if (ok)
-            cJSON_AddItemToArray(data, it);
-        if (ok && r->status == 200) {
-            applied++;
-            ok = cJSON_AddStringToObject(it, "request_id", r->id) &&
-                 cJSON_AddStringToObject(it, "status", "applied") &&
-                 cJSON_AddNumberToObject(it, "arm", r->arm);
-        } else if (ok) {
-            failed++;
-            ok = (r->given_id ? cJSON_AddStringToObject(it, "request_id", r->given_id) != NULL
-                              : cJSON_AddNullToObject(it, "request_id") != NULL) &&
-                 cJSON_AddStringToObject(it, "status", "error");
-            cJSON *e = ok ? error_object(r) : NULL;
-            if (e)
-                cJSON_AddItemToObject(it, "error", e);
-            ok = e != NULL;
-        }
-    }
-    ok = ok && cJSON_AddNumberToObject(out, "applied", (double)applied) &&
-         cJSON_AddNumberToObject(out, "failed", (double)failed);
-    char *txt = ok ? cJSON_PrintUnformatted(out) : NULL;
-    cJSON_Delete(out);
-    if (!txt)
-        return BD_ERR_NOMEM;
-    *status = 200;
-    *body_out = txt;
-    return BD_OK;
+    return feedback_answer(j->batch, &j->items[0].r, j->n, sizeof *j->items, status, body_out);
 }
 
 static void job_free(struct state_redis_job *j)
 {
     for (size_t i = 0; i < j->n; i++)
-        free(j->items[i].given_id);
+        free(j->items[i].r.given_id);
     free(j->items);
     free(j);
 }
@@ -377,7 +271,7 @@ static void job_free(struct state_redis_job *j)
 static void item_settled(struct ritem *r)
 {
     struct state_redis_job *j = r->job;
-    assert(j->pending > 0 && r->status != 0);
+    assert(j->pending > 0 && r->r.status != 0);
     if (--j->pending > 0)
         return;
     if (!j->detached) {
@@ -393,169 +287,103 @@ static void item_settled(struct ritem *r)
 static void fb_done(int rc, struct store_redis_pos pos, void *ud)
 {
     (void)pos;
-    struct ritem *r = ud;
-    state_redis *s = r->job->s;
+    struct ritem *it = ud;
+    state_redis *s = it->job->s;
     if (rc == BD_OK) {
-        r->status = 200;
-        decisions_take(s->ds, r->id); /* a local tombstone (absent if resolved remotely) */
+        it->r.status = 200;
+        decisions_take(s->ds, it->r.id); /* a local tombstone (absent if resolved remotely) */
     } else if (rc == BD_ERR_EXISTS) {
-        fail(r, 409, T_INVALID, "duplicate_feedback", "request_id",
-             "feedback for this request_id was already applied");
+        feedback_fail_lookup(&it->r, rc);
     } else {
-        fail(r, 503, T_SERVER, "store_unavailable", NULL,
-             "feedback could not be recorded (%s); retry later", bd_strerror(rc));
+        feedback_fail(&it->r, 503, T_SERVER, "store_unavailable", NULL,
+                      "feedback could not be recorded (%s); retry later", bd_strerror(rc));
     }
-    item_settled(r);
+    item_settled(it);
 }
 
-/* Queue the feedback itself; on an immediate failure r holds the error. */
-static int put_item(state_redis *s, struct ritem *r, const char *arm_name, const double *x)
+/* Queue the feedback itself. Returns 1 if it is in flight; 0 with the
+ * error in it->r. */
+static int put_item(state_redis *s, struct ritem *it, const char *arm_name, const double *x)
 {
-    int rc = store_redis_put_feedback(s->st, r->id, arm_name, x, router_dim(s->rt), r->reward,
-                                      util_wall_s(), fb_done, r);
+    int rc = store_redis_put_feedback(s->st, it->r.id, arm_name, x, router_dim(s->rt), it->reward,
+                                      util_wall_s(), fb_done, it);
     if (rc == BD_OK)
         return 1;
     if (rc == BD_ERR_BUSY)
-        fail(r, 503, T_SERVER, "store_busy", NULL, "too much feedback in flight; retry later");
+        feedback_fail(&it->r, 503, T_SERVER, "store_busy", NULL,
+                      "too much feedback in flight; retry later");
     else
-        fail(r, 500, T_SERVER, "internal_error", NULL, "feedback not queued: %s", bd_strerror(rc));
+        feedback_fail(&it->r, 500, T_SERVER, "internal_error", NULL, "feedback not queued: %s",
+                      bd_strerror(rc));
     return 0;
 }
 
 static void got_decision(int rc, const struct store_decision *d, void *ud)
 {
-    struct ritem *r = ud;
-    struct state_redis_job *j = r->job;
+    struct ritem *it = ud;
+    struct state_redis_job *j = it->job;
     state_redis *s = j->s;
-    if (rc == BD_ERR_NOTFOUND) {
-        fail(r, 404, T_INVALID, "unknown_request_id", "request_id", "unknown request_id");
-    } else if (rc == BD_ERR_EXISTS) {
-        fail(r, 409, T_INVALID, "duplicate_feedback", "request_id",
-             "feedback for this request_id was already applied");
-    } else if (rc != BD_OK) {
-        fail(r, 503, T_SERVER, "store_unavailable", NULL,
-             "the shared store is unreachable (%s); retry later", bd_strerror(rc));
-    } else if (!j->admin && d->client != j->client) {
-        fail(r, 403, T_PERMISSION, "forbidden", "request_id",
-             "this request_id belongs to another client");
-    } else if ((r->arm = config_arm_index(s->cfg, d->arm_name)) < 0) {
-        fail(r, 410, T_INVALID, "expired_request_id", "request_id",
-             "request_id expired; feedback is no longer accepted");
-    } else {
-        snprintf(r->id, sizeof r->id, "%s", d->id);
-        if (put_item(s, r, d->arm_name, d->x))
+    if (rc == BD_OK && !j->admin && d->client != j->client)
+        rc = BD_ERR_FORBIDDEN;
+    if (rc == BD_OK && (it->r.arm = config_arm_index(s->cfg, d->arm_name)) < 0)
+        rc = BD_ERR_EXPIRED; /* its arm is gone */
+    if (rc == BD_OK) {
+        snprintf(it->r.id, sizeof it->r.id, "%s", d->id);
+        if (put_item(s, it, d->arm_name, d->x))
             return; /* settles in fb_done */
+    } else if (rc == BD_ERR_NOTFOUND || rc == BD_ERR_EXISTS || rc == BD_ERR_FORBIDDEN ||
+               rc == BD_ERR_EXPIRED) {
+        feedback_fail_lookup(&it->r, rc);
+    } else {
+        feedback_fail(&it->r, 503, T_SERVER, "store_unavailable", NULL,
+                      "the shared store is unreachable (%s); retry later", bd_strerror(rc));
     }
-    item_settled(r);
+    item_settled(it);
 }
 
-/* Validate one item and start it. Returns 1 if it is in flight. */
-static int start_item(state_redis *s, struct state_redis_job *j, struct ritem *r, const cJSON *item,
-                      double now_s)
+/* Check one item and start it: the local decision store first, then Redis
+ * (a decision made by another replica, or before a restart). Returns 1 if
+ * it is in flight; 0 with the answer in it->r. */
+static int start_item(state_redis *s, struct state_redis_job *j, struct ritem *it,
+                      const cJSON *item, double now_s)
 {
-    r->job = j;
-    r->arm = -1;
-    if (!cJSON_IsObject(item)) {
-        fail(r, 400, T_INVALID, "invalid_body", NULL, "feedback must be a JSON object");
+    it->job = j;
+    const char *rid;
+    int rc = feedback_check_item(item, j->batch, &it->r, &rid, &it->reward);
+    if (rc == BD_ERR_NOMEM)
+        feedback_fail(&it->r, 500, T_SERVER, "internal_error", NULL, "out of memory");
+    if (rc != BD_OK)
+        return 0;
+    if (strlen(rid) >= sizeof it->key) {
+        feedback_fail_lookup(&it->r, BD_ERR_NOTFOUND);
         return 0;
     }
-    const cJSON *rid = NULL, *rw = NULL, *comment = NULL;
-    for (const cJSON *c = item->child; c; c = c->next) {
-        const cJSON **slot = NULL;
-        if (c->string && strcmp(c->string, "request_id") == 0)
-            slot = &rid;
-        else if (c->string && strcmp(c->string, "reward") == 0)
-            slot = &rw;
-        else if (c->string && strcmp(c->string, "comment") == 0)
-            slot = &comment;
-        char name[ECHO_MAX + 1];
-        echo_copy(name, sizeof name, c->string);
-        if (!slot) {
-            fail(r, 400, T_INVALID, "unknown_field", name, "unknown field '%s'", name);
-            return 0;
-        }
-        if (*slot) {
-            fail(r, 400, T_INVALID, "duplicate_field", name, "duplicate field '%s'", name);
-            return 0;
-        }
-        *slot = c;
-    }
-    if (j->batch && rid && cJSON_IsString(rid) && rid->valuestring)
-        r->given_id = strdup(rid->valuestring);
-    if (!rid) {
-        fail(r, 400, T_INVALID, "missing_request_id", "request_id", "missing field 'request_id'");
-        return 0;
-    }
-    if (!cJSON_IsString(rid) || !rid->valuestring || !rid->valuestring[0]) {
-        fail(r, 400, T_INVALID, "invalid_request_id", "request_id",
-             "'request_id' must be a non-empty string");
-        return 0;
-    }
-    if (!rw) {
-        fail(r, 400, T_INVALID, "missing_reward", "reward", "missing field 'reward'");
-        return 0;
-    }
-    if (cJSON_IsTrue(rw)) {
-        r->reward = 1.0;
-    } else if (cJSON_IsFalse(rw)) {
-        r->reward = 0.0;
-    } else if (cJSON_IsNumber(rw) && isfinite(rw->valuedouble) && rw->valuedouble >= 0.0 &&
-               rw->valuedouble <= 1.0) {
-        r->reward = rw->valuedouble + 0.0;
-    } else {
-        fail(r, 400, T_INVALID, "invalid_reward", "reward",
-             "'reward' must be a number in [0,1] or a boolean");
-        return 0;
-    }
-    if (comment && !cJSON_IsString(comment) && !cJSON_IsNull(comment)) {
-        fail(r, 400, T_INVALID, "invalid_comment", "comment", "'comment' must be a string");
-        return 0;
-    }
-    if (strlen(rid->valuestring) >= sizeof r->key) {
-        fail(r, 404, T_INVALID, "unknown_request_id", "request_id", "unknown request_id");
-        return 0;
-    }
-    snprintf(r->key, sizeof r->key, "%s", rid->valuestring);
+    snprintf(it->key, sizeof it->key, "%s", rid);
     const struct decision *d = NULL;
-    int rc = decisions_find(s->ds, r->key, now_s, &d);
-    switch (rc) {
-    case BD_OK:
-        if (!j->admin && d->client != j->client) {
-            fail(r, 403, T_PERMISSION, "forbidden", "request_id",
-                 "this request_id belongs to another client");
-            return 0;
-        }
-        snprintf(r->id, sizeof r->id, "%s", d->id);
-        r->arm = d->arm;
-        if (d->arm < 0 || (size_t)d->arm >= s->cfg->n_arms) {
-            fail(r, 410, T_INVALID, "expired_request_id", "request_id",
-                 "request_id expired; feedback is no longer accepted");
-            return 0;
-        }
-        return put_item(s, r, s->cfg->arms[d->arm].name, d->x);
-    case BD_ERR_EXISTS:
-        fail(r, 409, T_INVALID, "duplicate_feedback", "request_id",
-             "feedback for this request_id was already applied");
-        return 0;
-    case BD_ERR_EXPIRED:
-        fail(r, 410, T_INVALID, "expired_request_id", "request_id",
-             "request_id expired; feedback is no longer accepted");
-        return 0;
-    case BD_ERR_NOTFOUND:
+    rc = decisions_find(s->ds, it->key, now_s, &d);
+    if (rc == BD_OK && !j->admin && d->client != j->client)
+        rc = BD_ERR_FORBIDDEN;
+    if (rc == BD_OK && (d->arm < 0 || (size_t)d->arm >= s->cfg->n_arms))
+        rc = BD_ERR_EXPIRED; /* its arm is gone */
+    if (rc == BD_OK) {
+        snprintf(it->r.id, sizeof it->r.id, "%s", d->id);
+        it->r.arm = d->arm;
+        return put_item(s, it, s->cfg->arms[d->arm].name, d->x);
+    }
+    if (rc == BD_ERR_NOTFOUND) {
         /* answered by another replica, or before a restart: ask Redis */
-        rc = store_redis_get_decision(s->st, r->key, got_decision, r);
+        rc = store_redis_get_decision(s->st, it->key, got_decision, it);
         if (rc == BD_OK)
             return 1;
-        if (rc == BD_ERR_BUSY)
-            fail(r, 503, T_SERVER, "store_busy", NULL, "too much feedback in flight; retry later");
-        else
-            fail(r, 404, T_INVALID, "unknown_request_id", "request_id", "unknown request_id");
-        return 0;
-    default:
-        fail(r, 500, T_SERVER, "internal_error", NULL, "decision lookup failed: %s",
-             bd_strerror(rc));
-        return 0;
+        if (rc == BD_ERR_BUSY) {
+            feedback_fail(&it->r, 503, T_SERVER, "store_busy", NULL,
+                          "too much feedback in flight; retry later");
+            return 0;
+        }
+        rc = BD_ERR_NOTFOUND;
     }
+    feedback_fail_lookup(&it->r, rc);
+    return 0;
 }
 
 int state_redis_feedback_submit(state_redis *s, const char *body, size_t len, uint64_t client,
@@ -564,65 +392,33 @@ int state_redis_feedback_submit(state_redis *s, const char *body, size_t len, ui
 {
     *job = NULL;
     *body_out = NULL;
-    if (util_json_prescan(body, len, 32) == -2)
-        return respond_error(400, T_INVALID, "invalid_json", NULL, "body nested too deeply", status,
-                             body_out);
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-    int trailing = 0;
-    if (root && end)
-        for (const char *p = end; p < body + len; p++)
-            if (*p != ' ' && *p != '\n' && *p != '\r' && *p != '\t')
-                trailing = 1;
-    if (!root || trailing) {
-        cJSON_Delete(root);
-        return respond_error(400, T_INVALID, "invalid_json", NULL, "body is not valid JSON", status,
-                             body_out);
-    }
-    const cJSON *list = NULL;
-    if (cJSON_IsObject(root) && root->child && !root->child->next && root->child->string &&
-        strcmp(root->child->string, "feedback") == 0) {
-        list = root->child;
-        if (!cJSON_IsArray(list) || cJSON_GetArraySize(list) == 0) {
-            cJSON_Delete(root);
-            return respond_error(400, T_INVALID, "invalid_batch", "feedback",
-                                 "'feedback' must be a non-empty array", status, body_out);
-        }
-        if (cJSON_GetArraySize(list) > FEEDBACK_MAX_BATCH) {
-            cJSON_Delete(root);
-            return respond_error(400, T_INVALID, "batch_too_large", "feedback",
-                                 "too many feedback items in one request", status, body_out);
-        }
-    }
+    struct feedback_body fb;
+    int rc = feedback_parse(body, len, &fb, status, body_out);
+    if (rc != BD_OK || !fb.root)
+        return rc;
     struct state_redis_job *j = calloc(1, sizeof *j);
-    size_t n = list ? (size_t)cJSON_GetArraySize(list) : 1;
     if (j)
-        j->items = calloc(n, sizeof *j->items);
+        j->items = calloc(fb.n ? fb.n : 1, sizeof *j->items);
     if (!j || !j->items) {
         free(j);
-        cJSON_Delete(root);
+        feedback_body_free(&fb);
         return BD_ERR_NOMEM;
     }
     j->s = s;
     j->reply = reply;
     j->reply_ud = reply_ud;
-    j->batch = list != NULL;
+    j->batch = fb.batch;
     j->client = client;
     j->admin = admin;
-    j->n = n;
-    size_t k = 0;
-    if (list) {
-        for (const cJSON *it = list->child; it; it = it->next, k++)
-            j->pending += (size_t)start_item(s, j, &j->items[k], it, now_s);
-    } else {
-        j->pending += (size_t)start_item(s, j, &j->items[0], root, now_s);
-    }
-    cJSON_Delete(root);
+    j->n = fb.n;
+    for (size_t k = 0; k < fb.n; k++)
+        j->pending += (size_t)start_item(s, j, &j->items[k], fb.items[k], now_s);
+    feedback_body_free(&fb);
     if (j->pending > 0) {
         *job = j;
         return BD_OK;
     }
-    int rc = build_answer(j, status, body_out);
+    rc = build_answer(j, status, body_out);
     job_free(j);
     return rc;
 }

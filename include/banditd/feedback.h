@@ -35,6 +35,9 @@
 #include "banditd/store.h"
 
 #define FEEDBACK_MAX_BATCH 1000
+#define FEEDBACK_ECHO_MAX 64 /* bytes of a client-supplied name quoted in a message */
+
+struct cJSON;
 
 /* Handle one /feedback body. client: hash of the caller's key (0 = none);
  * admin: caller holds the admin key (may give feedback on any request).
@@ -102,5 +105,57 @@ int feedback_submit(feedback_async *fa, const char *body, size_t len, uint64_t c
 /* The requester went away: never call its reply. The items still settle
  * (a committed feedback is still applied) and the job frees itself. */
 void feedback_job_detach(feedback_job *job);
+
+/* ---- building blocks shared by every feedback back end (this module's
+ * two paths and state_redis.c), so that all answer the same statuses,
+ * codes and messages ---- */
+
+/* A parsed body: the item objects in order (borrowed from root). */
+struct feedback_body {
+    struct cJSON *root;
+    const struct cJSON **items;
+    size_t n;
+    int batch; /* the {"feedback": [...]} form */
+};
+
+/* Parse a body and check its envelope (JSON, depth, object, batch shape and
+ * size). Returns BD_ERR_NOMEM, or 0 with either fb->root != NULL (release
+ * with feedback_body_free) or fb->root == NULL and the 400 answer in
+ * *status / *body_out (malloc'd). */
+int feedback_parse(const char *body, size_t len, struct feedback_body *fb, int *status,
+                   char **body_out);
+void feedback_body_free(struct feedback_body *fb);
+
+/* One item's outcome. status: 0 = not settled yet, 200, or an error status
+ * with type/code/param/message. given_id: for batch items, the request_id
+ * as given when it was a string (malloc'd; the owner frees it). */
+struct feedback_result {
+    int status;
+    const char *type, *code;           /* static strings */
+    char param[FEEDBACK_ECHO_MAX + 1]; /* "" = null */
+    char message[192];
+    char id[33]; /* banditd's request id (on success) */
+    int arm;
+    char *given_id;
+};
+
+/* Record an error in r. */
+void feedback_fail(struct feedback_result *r, int status, const char *type, const char *code,
+                   const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* The error for a failed decision lookup or client check: BD_ERR_NOTFOUND
+ * 404, BD_ERR_EXISTS 409, BD_ERR_EXPIRED 410, BD_ERR_FORBIDDEN 403, any other
+ * 500. */
+void feedback_fail_lookup(struct feedback_result *r, int rc);
+/* Reset r and check one item's shape. Returns 0 with *request_id (borrowed
+ * from item) and *reward in [0,1]; BD_ERR_INVALID with r holding the 400;
+ * BD_ERR_NOMEM. For batch items r->given_id is set in every case it can be. */
+int feedback_check_item(const struct cJSON *item, int batch, struct feedback_result *r,
+                        const char **request_id, double *reward);
+/* The answer for n settled results: a single item's answer or error, or the
+ * batch document. The results are read at first, first + stride, … (each
+ * element of the caller's array starts with its struct feedback_result).
+ * Returns 0 with *status / *body_out (malloc'd) set, or BD_ERR_NOMEM. */
+int feedback_answer(int batch, const struct feedback_result *first, size_t n, size_t stride,
+                    int *status, char **body_out);
 
 #endif

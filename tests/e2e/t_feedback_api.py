@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """t_feedback_api — issue 3, acceptance 5: the /feedback API over real HTTP.
 
-Runs the same cases twice: with the store off (store.path "": feedback is
-applied synchronously) and with a SQLite store in a temporary directory
+Runs the same cases three times: with the store off (store.path "": feedback
+is applied synchronously), with a SQLite store in a temporary directory
 (feedback is queued, committed by the writer thread and answered from the
-commit callback). feedback.ttl_s is 2 so that expiry can be tested.
+commit callback), and with the shared Redis store (store.redis, a private
+redis-server; skipped when redis-server is not installed), so every back end
+answers the same statuses and codes. feedback.ttl_s is 2 so that expiry can
+be tested.
 
 Cases (each mode):
 - single_200: POST /feedback {request_id: X-Bandit-Request-Id, reward} -> 200
@@ -36,6 +39,7 @@ rejected feedback changes nothing.
 
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -49,7 +53,8 @@ ARMS = ("cheap", "strong")
 class Mode:
     def __init__(self, name, store):
         self.name = name
-        self.store = store
+        self.store = store  # None, "sqlite" or "redis"
+        self.redis = None
         self.fake = None
         self.d = None
         self.seq = 0
@@ -63,7 +68,12 @@ class Mode:
         d = E.Banditd(E.default_arms(self.fake), env=E.DEFAULT_KEYS, extra=extra,
                       log_level="warn")
         # Banditd puts a store in its temporary dir by default; set it explicitly.
-        d.config["store"] = {"path": os.path.join(d.dir, "state.db") if self.store else ""}
+        d.config["store"] = {"path": os.path.join(d.dir, "state.db")
+                             if self.store == "sqlite" else ""}
+        if self.store == "redis":
+            self.redis = E.RedisServer().start()
+            # no snapshot (and so no stream trim) during the run: stop() counts events
+            d.config["store"] = {"redis": self.redis.url(), "snapshot_interval_s": 3600}
         with open(d.config_path, "w") as f:
             json.dump(d.config, f, indent=2)
         d.start()
@@ -74,11 +84,18 @@ class Mode:
     def stop(self):
         try:
             self.d.finish()
-            if self.store:
+            if self.store == "sqlite":
                 db = self.d.config["store"]["path"]
                 assert os.path.exists(db), "store mode wrote no database at %s" % db
+            if self.redis:
+                n = int(self.redis.cmd("XLEN", "{banditd}:feedback"))
+                assert n == sum(self.counts.values()), \
+                    "redis stream holds %d feedback events, %d applied" % (
+                        n, sum(self.counts.values()))
         finally:
             self.fake.stop()
+            if self.redis:
+                self.redis.kill()
 
     def prompt(self, tag):
         self.seq += 1
@@ -333,7 +350,11 @@ class Mode:
 
 
 def main():
-    cases = Mode("nostore", False).cases() + Mode("sqlite", True).cases()
+    cases = Mode("nostore", None).cases() + Mode("sqlite", "sqlite").cases()
+    if shutil.which("redis-server"):
+        cases += Mode("redis", "redis").cases()
+    else:
+        print("SKIP redis mode: redis-server not installed")
     E.run_tests(cases, title="t_feedback_api")
 
 

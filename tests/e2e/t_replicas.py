@@ -22,7 +22,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -39,68 +38,7 @@ fake = L.FakeUpstream(record=False)
 KEYS = L.DEFAULT_KEYS
 
 
-# ---------------------------------------------------------------- redis ----
-
-class Redis:
-    def __init__(self):
-        self.dir = L.tmpdir()
-        self.port = L.closed_port()
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        L._procs.append(self.proc)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if self.cmd("PING") == "PONG":
-                    return self
-            except (OSError, RuntimeError):  # not up yet, or LOADING the AOF
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait()
-
-    def url(self):
-        return "redis://127.0.0.1:%d/0" % self.port
-
-    def cmd(self, *args):
-        """One command over a fresh connection (RESP2), decoded reply."""
-        out = b"*%d\r\n" % len(args)
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out += b"$%d\r\n%s\r\n" % (len(a), a)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            s.sendall(out)
-            f = s.makefile("rb")
-            return _read_reply(f)
-
-
-def _read_reply(f):
-    line = f.readline()
-    t, rest = line[:1], line[1:-2]
-    if t == b"+":
-        return rest.decode()
-    if t == b"-":
-        raise RuntimeError(rest.decode())
-    if t == b":":
-        return int(rest)
-    if t == b"$":
-        n = int(rest)
-        if n < 0:
-            return None
-        data = f.read(n + 2)
-        return data[:-2]
-    if t == b"*":
-        n = int(rest)
-        return None if n < 0 else [_read_reply(f) for _ in range(n)]
-    raise RuntimeError("bad reply %r" % line)
+Redis = L.RedisServer
 
 
 def decode_x(blob):
