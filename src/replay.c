@@ -5,9 +5,11 @@
  * row's features, then sees only the chosen arm's logged quality (feedback),
  * completion tokens and modelled latency (dataset.h's latency assumptions).
  * Features are computed once per row and shared by every sweep point; each
- * point starts from a fresh router (after --warmup when given). Points run on
- * --jobs worker threads (default 2); each owns its router, so the results do
- * not depend on the number of threads.
+ * point starts from a fresh router (after --warmup when given: a bandit run
+ * over its rows at the point's preference, or with --warmup-feedback all
+ * every arm learns every warm-up row's outcome). Points run on --jobs worker
+ * threads (default 2); each owns its router, so the results do not depend on
+ * the number of threads.
  *
  * Baselines on the same rows: always-strong (best mean quality), always-
  * cheapest (lowest mean cost), the per-prompt oracle (best quality, cheapest
@@ -57,6 +59,7 @@ struct opts {
     const char *data, *config, *warmup, *prices, *plot, *out;
     const char *warmup_export, *warmup_map; /* `banditd export` dump; arm=model,... */
     int have_pref, sweep, jobs, sweep_tol;
+    int warm_all;     /* --warmup-feedback all: learn every arm's outcome of a warm-up row */
     int ptok_logged;  /* --prompt-tokens logged: decide on the data's prompt_tokens */
     const char *pref; /* an X-Bandit-Preference value */
     size_t limit;     /* measure only the first N shuffled rows (0 = all) */
@@ -106,6 +109,7 @@ struct res {
     double q, cost, lat; /* sums */
     size_t pulls[MAX_ARMS];
     double src_q[MAX_SOURCES], src_cost[MAX_SOURCES];
+    size_t src_pulls[MAX_SOURCES][MAX_ARMS];
     int rc;
 };
 
@@ -231,6 +235,10 @@ static void usage(FILE *f)
                "                  stored prompts (the demo) sees: replay then matches it exactly\n"
                "  --seed S        shuffle seed (default 1)\n"
                "  --warmup FILE2  learn on every row of FILE2 first, then measure on --data\n"
+               "  --warmup-feedback chosen|all  chosen (default): the warm-up is a bandit\n"
+               "                  run (each row teaches only the arm chosen, at the point's\n"
+               "                  preference); all: each warm-up row teaches every arm its\n"
+               "                  logged outcome (offline training on labelled data)\n"
                "  --warmup-export DUMP  first apply every feedback row (arm, x, reward) of a\n"
                "                  `banditd export --format jsonl` dump, in seq order\n"
                "  --warmup-map A=M[,A=M...]  daemon arm A is the data's model M (default:\n"
@@ -250,6 +258,18 @@ static int parse_double(const char *s, double *out)
         return -1;
     *out = v;
     return 0;
+}
+
+/* A two-valued option: *out = 0 for v == c0, 1 for v == c1, else -1 and a
+ * usage message. */
+static int parse_choice(const char *opt, const char *v, const char *c0, const char *c1, int *out)
+{
+    if (strcmp(v, c0) == 0 || strcmp(v, c1) == 0) {
+        *out = strcmp(v, c1) == 0;
+        return 0;
+    }
+    fprintf(stderr, "replay: %s: one of %s, %s\n", opt, c0, c1);
+    return -1;
 }
 
 static int parse_opts(int argc, char **argv, struct opts *o)
@@ -300,23 +320,14 @@ static int parse_opts(int argc, char **argv, struct opts *o)
             o->pref = v;
             o->have_pref = 1;
         } else if (strcmp(a, "--sweep-form") == 0) {
-            if (strcmp(v, "scalar") == 0)
-                o->sweep_tol = 0;
-            else if (strcmp(v, "tolerance") == 0)
-                o->sweep_tol = 1;
-            else {
-                fprintf(stderr, "replay: --sweep-form: one of scalar, tolerance\n");
+            if (parse_choice(a, v, "scalar", "tolerance", &o->sweep_tol) < 0)
                 return -1;
-            }
+        } else if (strcmp(a, "--warmup-feedback") == 0) {
+            if (parse_choice(a, v, "chosen", "all", &o->warm_all) < 0)
+                return -1;
         } else if (strcmp(a, "--prompt-tokens") == 0) {
-            if (strcmp(v, "estimate") == 0)
-                o->ptok_logged = 0;
-            else if (strcmp(v, "logged") == 0)
-                o->ptok_logged = 1;
-            else {
-                fprintf(stderr, "replay: --prompt-tokens: one of estimate, logged\n");
+            if (parse_choice(a, v, "estimate", "logged", &o->ptok_logged) < 0)
                 return -1;
-            }
         } else if (strcmp(a, "--limit") == 0) {
             if (parse_double(v, &d) < 0 || d != floor(d) || d < 1 || d > 1e12) {
                 fprintf(stderr, "replay: --limit: must be a positive integer\n");
@@ -550,10 +561,32 @@ static void nc_learn(struct nc *s, int a, double q, long ct, double lat)
     s->lat_n[a] += 1.0;
 }
 
+/* Teach the policy arm a's logged outcome of row i (quality, completion
+ * tokens, modelled latency); *lat receives that latency. */
+static int learn_row(const struct ctx *c, router *r, struct nc *nc, const struct rowset *s,
+                     size_t i, int a, double *lat)
+{
+    size_t A = (size_t)c->A;
+    double q = s->q[i * A + (size_t)a];
+    long ct = s->ct[i * A + (size_t)a];
+    double ttft = c->lat[a].ttft_ms;
+    *lat = ttft + (double)ct / c->lat[a].tokens_per_s * 1000.0;
+    if (nc) {
+        nc_learn(nc, a, q, ct, *lat);
+        return BD_OK;
+    }
+    int rc = router_feedback(r, a, s->X + i * (size_t)c->dim, q);
+    if (rc == BD_OK)
+        router_observe(r, a, ct, ttft, *lat);
+    return rc;
+}
+
 /* Run one policy (router when nc == NULL) over a rowset; accumulate into res
- * when res != NULL. */
+ * when res != NULL. all: after each decision, learn every arm's outcome of
+ * the row, not only the chosen arm's (--warmup-feedback all; the decision
+ * still runs, so the cost normalisation C̄ sees the same rows either way). */
 static int run_rows(const struct ctx *c, router *r, struct nc *nc, const struct rowset *s,
-                    const struct pref_weights *w, struct res *res)
+                    const struct pref_weights *w, int all, struct res *res)
 {
     size_t A = (size_t)c->A, dim = (size_t)c->dim;
     struct router_decision d;
@@ -569,20 +602,16 @@ static int run_rows(const struct ctx *c, router *r, struct nc *nc, const struct 
             a = d.order[0];
         }
         assert(a >= 0 && (size_t)a < A);
-        double q = s->q[i * A + (size_t)a];
-        long ct = s->ct[i * A + (size_t)a];
-        double ttft = c->lat[a].ttft_ms;
-        double lat = ttft + (double)ct / c->lat[a].tokens_per_s * 1000.0;
-        if (nc) {
-            nc_learn(nc, a, q, ct, lat);
-        } else {
-            int rc = router_feedback(r, a, x, q);
+        double lat = 0.0, other;
+        for (int b = 0; b < (int)A; b++) {
+            if (b != a && !all)
+                continue;
+            int rc = learn_row(c, r, nc, s, i, b, b == a ? &lat : &other);
             if (rc != BD_OK)
                 return rc;
-            router_observe(r, a, ct, ttft, lat);
         }
         if (res) {
-            double cost = s->cost[i * A + (size_t)a];
+            double q = s->q[i * A + (size_t)a], cost = s->cost[i * A + (size_t)a];
             res->n++;
             res->q += q;
             res->cost += cost;
@@ -590,6 +619,7 @@ static int run_rows(const struct ctx *c, router *r, struct nc *nc, const struct 
             res->pulls[a]++;
             res->src_q[s->src[i]] += q;
             res->src_cost[s->src[i]] += cost;
+            res->src_pulls[s->src[i]][a]++;
         }
     }
     return BD_OK;
@@ -768,16 +798,16 @@ static void run_point(const struct ctx *c, const struct pref_weights *w, struct 
         nc.n[c->xw.arm[i]] += 1.0;
     }
     if (rc == BD_OK && c->warm.n)
-        rc = run_rows(c, r, NULL, &c->warm, w, NULL);
+        rc = run_rows(c, r, NULL, &c->warm, w, c->o->warm_all, NULL);
     if (rc == BD_OK)
-        rc = run_rows(c, r, NULL, &c->meas, w, rr);
+        rc = run_rows(c, r, NULL, &c->meas, w, 0, rr);
     rr->rc = rc;
     router_destroy(r);
     rc = BD_OK;
     if (c->warm.n)
-        rc = run_rows(c, NULL, &nc, &c->warm, w, NULL);
+        rc = run_rows(c, NULL, &nc, &c->warm, w, c->o->warm_all, NULL);
     if (rc == BD_OK)
-        rc = run_rows(c, NULL, &nc, &c->meas, w, nr);
+        rc = run_rows(c, NULL, &nc, &c->meas, w, 0, nr);
     nr->rc = rc;
 }
 
@@ -953,15 +983,36 @@ struct summary {
     double apgr, cpt50, cpt80, s95, s97;
 };
 
-static struct summary summarise(const struct res *rs, int n, const struct baselines *b)
+/* Point k restricted to source si: its strong share, and its PGR against the
+ * source's always-strong and always-cheapest means (NAN when they tie). */
+static struct replay_curve_point source_point(const struct res *r, int si,
+                                              const struct baselines *b)
+{
+    struct replay_curve_point p = {0};
+    double sn = b->src_n[si] ? (double)b->src_n[si] : 1.0;
+    double qs = b->src_strong[si].q / sn, qw = b->src_cheap[si].q / sn;
+    p.strong_share = (double)r->src_pulls[si][b->strong] / sn;
+    p.pgr = qs != qw ? (r->src_q[si] / sn - qw) / (qs - qw) : NAN;
+    return p;
+}
+
+/* The curve metrics over the sweep: of the whole measured set (si < 0), or
+ * of source si's own curve (source_point; APGR and CPT only). NAN where the
+ * strong and cheapest means tie. */
+static struct summary summarise(const struct res *rs, int n, const struct baselines *b, int si)
 {
     struct summary s = {NAN, NAN, NAN, NAN, NAN};
     struct replay_curve_point *cp = calloc((size_t)n, sizeof *cp);
     if (!cp)
         return s;
-    curve_points(rs, n, b, cp);
-    s.s95 = replay_saving_at(cp, (size_t)n, 0.95);
-    s.s97 = replay_saving_at(cp, (size_t)n, 0.97);
+    if (si < 0) {
+        curve_points(rs, n, b, cp);
+        s.s95 = replay_saving_at(cp, (size_t)n, 0.95);
+        s.s97 = replay_saving_at(cp, (size_t)n, 0.97);
+    } else {
+        for (int k = 0; k < n; k++)
+            cp[k] = source_point(&rs[k], si, b);
+    }
     if (isfinite(cp[0].pgr)) {
         s.apgr = replay_apgr(cp, (size_t)n);
         s.cpt50 = replay_cpt(cp, (size_t)n, 0.5);
@@ -1007,6 +1058,7 @@ static cJSON *report_json(const struct ctx *c, const struct res *rr, const struc
     if (c->o->warmup) {
         cJSON_AddStringToObject(root, "warmup", c->o->warmup);
         cJSON_AddNumberToObject(root, "warmup_rows", (double)c->warm.n);
+        cJSON_AddStringToObject(root, "warmup_feedback", c->o->warm_all ? "all" : "chosen");
     }
     if (c->o->warmup_export) {
         cJSON_AddStringToObject(root, "warmup_export", c->o->warmup_export);
@@ -1054,13 +1106,13 @@ static cJSON *report_json(const struct ctx *c, const struct res *rr, const struc
     cJSON_AddNumberToObject(no, "preference", nr[ref].w.quality);
     cJSON_AddNumberToObject(no, "quality_retention", dn.retention);
     cJSON_AddNumberToObject(no, "cost_saving", dn.saving);
-    struct summary ns = summarise(nr, n, b);
+    struct summary ns = summarise(nr, n, b, -1);
     add_summary(no, &ns, sweep);
     cJSON_AddItemToObject(bl, "non_contextual", no);
     cJSON *per = cJSON_AddObjectToObject(bl, "per_model");
     for (int a = 0; a < c->A; a++)
         cJSON_AddItemToObject(per, c->names[a], base_json(&b->arm[a]));
-    struct summary s = summarise(rr, n, b);
+    struct summary s = summarise(rr, n, b, -1);
     add_summary(root, &s, sweep);
     cJSON *bs = cJSON_AddObjectToObject(root, "by_source");
     for (int si = 0; si < c->n_src; si++) {
@@ -1083,10 +1135,21 @@ static cJSON *report_json(const struct ctx *c, const struct res *rr, const struc
         cJSON *sp = cJSON_AddArrayToObject(so, "points");
         for (int k = 0; k < n; k++) {
             cJSON *p = cJSON_CreateObject();
+            struct replay_curve_point pt = source_point(&rr[k], si, b);
             cJSON_AddNumberToObject(p, "preference", rr[k].w.quality);
+            if (rr[k].w.has_tolerance)
+                cJSON_AddNumberToObject(p, "tolerance", rr[k].w.tolerance);
             cJSON_AddNumberToObject(p, "mean_quality", rr[k].src_q[si] / sn);
             cJSON_AddNumberToObject(p, "mean_cost_usd", rr[k].src_cost[si] / sn);
+            cJSON_AddNumberToObject(p, "strong_share", pt.strong_share);
+            cJSON_AddNumberToObject(p, "pgr", pt.pgr);
             cJSON_AddItemToArray(sp, p);
+        }
+        struct summary ss = summarise(rr, n, b, si);
+        if (sweep && isfinite(ss.apgr)) {
+            cJSON_AddNumberToObject(so, "apgr", ss.apgr);
+            cJSON_AddNumberToObject(so, "cpt50", ss.cpt50);
+            cJSON_AddNumberToObject(so, "cpt80", ss.cpt80);
         }
     }
     return root;
@@ -1096,9 +1159,10 @@ static void report_table(FILE *f, const struct ctx *c, const struct res *rr, con
                          int n, const struct baselines *b)
 {
     int sweep = c->o->sweep > 0;
-    fprintf(f, "replay: %s (%zu rows, %zu skipped), seed %llu%s%s\n", c->o->data, c->meas.n,
+    fprintf(f, "replay: %s (%zu rows, %zu skipped), seed %llu%s%s%s\n", c->o->data, c->meas.n,
             c->meas.skipped, (unsigned long long)c->o->seed, c->o->warmup ? ", warm-up " : "",
-            c->o->warmup ? c->o->warmup : ", cold start");
+            c->o->warmup ? c->o->warmup : ", cold start",
+            c->o->warmup && c->o->warm_all ? " (every arm's outcome)" : "");
     if (c->o->warmup_export)
         fprintf(f, "warm start: %zu feedback rows of %s (%zu skipped)\n", c->xw.n,
                 c->o->warmup_export, c->xw.skipped);
@@ -1127,7 +1191,7 @@ static void report_table(FILE *f, const struct ctx *c, const struct res *rr, con
                 pref_label(&rr[k].w), d.q, 100 * d.retention, d.cost, 100 * d.saving,
                 100 * d.strong_share, d.pgr, d.lat, e.q, 100 * e.retention, 100 * e.saving, rm.q);
     }
-    struct summary s = summarise(rr, n, b), ns = summarise(nr, n, b);
+    struct summary s = summarise(rr, n, b, -1), ns = summarise(nr, n, b, -1);
     fprintf(f, "\n%-16s %10s %10s\n", "", "router", "non-ctx");
     if (sweep) {
         fprintf(f, "%-16s %10.4f %10.4f\n", "APGR", s.apgr, ns.apgr);
@@ -1144,6 +1208,12 @@ static void report_table(FILE *f, const struct ctx *c, const struct res *rr, con
                 b->src_oracle[si].q / sn);
         for (int k = 0; k < n; k++)
             fprintf(f, " %.3f", rr[k].src_q[si] / sn);
+        fprintf(f, "\n  %-14s strong share:", "");
+        for (int k = 0; k < n; k++)
+            fprintf(f, " %.3f", source_point(&rr[k], si, b).strong_share);
+        struct summary ss = summarise(rr, n, b, si);
+        if (sweep && isfinite(ss.apgr))
+            fprintf(f, "  (APGR %.4f, CPT50 %.4f, CPT80 %.4f)", ss.apgr, ss.cpt50, ss.cpt80);
         fprintf(f, "\n");
     }
 }

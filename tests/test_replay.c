@@ -82,10 +82,11 @@ static void teardown(void)
     ck_assert_int_eq(system(cmd), 0);
 }
 
-/* Run replay with extra args, JSON into out_path; return the parsed object. */
-static cJSON *run_json(const char *a1, const char *a2, const char *a3, const char *a4)
+/* Run replay with the n extra args (NULLs skipped), JSON into out_path;
+ * return the parsed object. */
+static cJSON *run_jsonv(const char *const *extra, int n_extra)
 {
-    char *argv[20];
+    char *argv[24];
     int argc = 0;
     argv[argc++] = "replay";
     argv[argc++] = "--data";
@@ -96,8 +97,7 @@ static cJSON *run_json(const char *a1, const char *a2, const char *a3, const cha
     argv[argc++] = "json";
     argv[argc++] = "--out";
     argv[argc++] = out_path;
-    const char *extra[] = {a1, a2, a3, a4};
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < n_extra && argc < 23; i++)
         if (extra[i])
             argv[argc++] = (char *)extra[i];
     argv[argc] = NULL;
@@ -111,6 +111,12 @@ static cJSON *run_json(const char *a1, const char *a2, const char *a3, const cha
     cJSON *j = cJSON_Parse(buf);
     ck_assert_ptr_nonnull(j);
     return j;
+}
+
+static cJSON *run_json(const char *a1, const char *a2, const char *a3, const char *a4)
+{
+    const char *extra[] = {a1, a2, a3, a4};
+    return run_jsonv(extra, 4);
 }
 
 static double num(const cJSON *o, const char *path)
@@ -216,7 +222,22 @@ START_TEST(sweep_metrics_match_the_points)
         k++;
         cur[n][0] = num(p, "arm_share.strong-x");
         cur[n++][1] = (num(p, "mean_quality") - fz) / (1 - fz);
+        /* per source: the strong calls add up to the point's; "maths" (cheap
+         * always wrong, strong always right) has PGR = its mean quality */
+        const cJSON *bs = cJSON_GetObjectItem(j, "by_source");
+        const cJSON *pa = cJSON_GetArrayItem(
+            cJSON_GetObjectItem(cJSON_GetObjectItem(bs, "animals"), "points"), k - 1);
+        const cJSON *pm = cJSON_GetArrayItem(
+            cJSON_GetObjectItem(cJSON_GetObjectItem(bs, "maths"), "points"), k - 1);
+        ck_assert_double_eq_tol(num(pa, "strong_share") * n_zebra +
+                                    num(pm, "strong_share") * (N_ROWS - n_zebra),
+                                cur[n - 1][0] * N_ROWS, 1e-6);
+        ck_assert_double_eq_tol(num(pm, "pgr"), num(pm, "mean_quality"), 1e-12);
     }
+    /* a source's own APGR exists where its strong and cheapest arms differ */
+    const cJSON *bs = cJSON_GetObjectItem(j, "by_source");
+    ck_assert(cJSON_IsNumber(cJSON_GetObjectItem(cJSON_GetObjectItem(bs, "maths"), "apgr")));
+    ck_assert(!cJSON_GetObjectItem(cJSON_GetObjectItem(bs, "animals"), "apgr"));
     cur[n][0] = 1;
     cur[n++][1] = 1;
     qsort(cur + 1, (size_t)(n - 2), sizeof cur[0], cmp_d2);
@@ -264,6 +285,31 @@ START_TEST(warmup_learns_first)
     ck_assert_msg(qw >= qc - 0.01, "warm %g cold %g", qw, qc);
     cJSON_Delete(cold);
     cJSON_Delete(warm);
+}
+END_TEST
+
+/* --warmup-feedback all: each warm-up row teaches every arm, so the router
+ * starts out knowing the zebra rule for both arms. At a quality-first
+ * tolerance it then sends the zebra prompts (and only those) to the cheap
+ * arm from the first measured row on. */
+START_TEST(warmup_feedback_all_teaches_every_arm)
+{
+    const char *args[] = {"--preference", "tolerance=0.1",     "--warmup",
+                          data_path,      "--warmup-feedback", "all"};
+    cJSON *j = run_jsonv(args, 6);
+    ck_assert_str_eq(cJSON_GetObjectItem(j, "warmup_feedback")->valuestring, "all");
+    const cJSON *bs = cJSON_GetObjectItem(j, "by_source");
+    const cJSON *pa =
+        cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(bs, "animals"), "points"), 0);
+    const cJSON *pm =
+        cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(bs, "maths"), "points"), 0);
+    ck_assert_msg(num(pa, "strong_share") < 0.05, "animals strong %g", num(pa, "strong_share"));
+    ck_assert_msg(num(pm, "strong_share") > 0.95, "maths strong %g", num(pm, "strong_share"));
+    const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "points"), 0);
+    ck_assert_msg(num(p, "quality_retention") > 0.97, "retention %g", num(p, "quality_retention"));
+    cJSON_Delete(j);
+    char *bad[] = {"replay", "--data", data_path, "--warmup-feedback", "some", NULL};
+    ck_assert_int_eq(replay_main(5, bad), 2);
 }
 END_TEST
 
@@ -333,6 +379,7 @@ int main(void)
     tcase_add_test(tc, sweep_metrics_match_the_points);
     tcase_add_test(tc, results_do_not_depend_on_jobs);
     tcase_add_test(tc, warmup_learns_first);
+    tcase_add_test(tc, warmup_feedback_all_teaches_every_arm);
     tcase_add_test(tc, usage_errors);
     suite_add_tcase(s, tc);
     TCase *tm = tcase_create("metrics");
