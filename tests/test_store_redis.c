@@ -194,8 +194,9 @@ static int load_cb(const struct store_arm_state *st, void *ud)
     return linucb_set_state(md->m[a], st->A, st->b, st->n);
 }
 
-static store_redis *open_replica(const struct rsrv *r, struct model *md, double ttl_s,
-                                 int load_and_start)
+/* A replica whose get_decision looks again for lookup_wait_ms. */
+static store_redis *open_replica_wait(const struct rsrv *r, struct model *md, double ttl_s,
+                                      int load_and_start, int lookup_wait_ms)
 {
     struct store_redis_opts o;
     store_redis_opts_default(&o);
@@ -204,7 +205,7 @@ static store_redis *open_replica(const struct rsrv *r, struct model *md, double 
     o.apply_ud = md;
     o.timeout_ms = 500;
     o.block_ms = 50;
-    o.lookup_wait_ms = 150;
+    o.lookup_wait_ms = lookup_wait_ms;
     store_redis *s = NULL;
     char err[256] = "";
     int rc = store_redis_open(r->url, DIM, &o, &s, err, sizeof err);
@@ -214,6 +215,12 @@ static store_redis *open_replica(const struct rsrv *r, struct model *md, double 
         ck_assert_int_eq(store_redis_start(s), 0);
     }
     return s;
+}
+
+static store_redis *open_replica(const struct rsrv *r, struct model *md, double ttl_s,
+                                 int load_and_start)
+{
+    return open_replica_wait(r, md, ttl_s, load_and_start, 150);
 }
 
 /* Dispatch (as the loop would) until *flag or the store has applied up to
@@ -515,7 +522,9 @@ START_TEST(test_lookup_waits_for_late_decision)
     static struct model ma, mb;
     model_init(&ma);
     model_init(&mb);
-    store_redis *sa = open_replica(&r, &ma, 60, 0), *sb = open_replica(&r, &mb, 60, 0);
+    /* B waits up to 5 s, so a loaded machine cannot delay A's write past it;
+     * the write is issued only after B's first lookup has missed. */
+    store_redis *sa = open_replica(&r, &ma, 60, 0), *sb = open_replica_wait(&r, &mb, 60, 0, 5000);
     struct res got = {0};
     ck_assert_int_eq(store_redis_get_decision(sb, "late-1", dec_cb, &got), 0);
     usleep(60 * 1000); /* B's first lookup has found nothing by now */
