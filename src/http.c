@@ -49,6 +49,7 @@
 #define HTTP_PATH_LOG_MAX 128
 #define HTTP_METRICS_MAX ((size_t)16 * 1024 * 1024) /* one /metrics exposition */
 #define HTTP_BODY_LOG_MAX 4096                      /* log.debug_bodies: bytes logged */
+#define HTTP_REQ_POOL_MAX 64 /* finished request states kept for reuse (4.5 KiB + x each) */
 
 enum route {
     R_NOTFOUND = 0,
@@ -119,6 +120,7 @@ struct req {
     struct openai_chat chat;
     int chat_ok;
     double *x;
+    int x_dim; /* doubles allocated at x (kept with a pooled state) */
     struct pref_weights w;
     struct router_decision dec;
     int n_attempts; /* arms we may try: 1 when pinned, dec.n otherwise */
@@ -170,6 +172,8 @@ struct http_server {
     auth *auth;      /* client/admin keys (immutable) */
     struct req *reqs;
     size_t n_reqs;
+    struct req *free_reqs; /* finished request states for reuse, linked by next */
+    size_t n_free_reqs;
     int stopping;
     int draining;
     http_reload_fn reload_fn;
@@ -299,6 +303,15 @@ static void json_escape(char *out, size_t cap, const char *s)
     out[o] = '\0';
 }
 
+/* snprintf(dst, cap, "%s", src) without the formatting machinery (~1,000
+ * instructions per call on the request path). cap >= 1. */
+static void copy_str(char *dst, size_t cap, const char *src)
+{
+    size_t n = strnlen(src, cap - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
 static void req_wake(struct req *r)
 {
     if (r->suspended) {
@@ -321,7 +334,7 @@ static void set_final(struct req *r, unsigned status, char *body, size_t len, co
     r->final_status = status;
     r->final_body = body;
     r->final_len = len;
-    snprintf(r->final_ctype, sizeof r->final_ctype, "%s", ctype);
+    copy_str(r->final_ctype, sizeof r->final_ctype, ctype);
     r->final_routed = routed;
     r->phase = PH_RESPOND;
 }
@@ -448,9 +461,22 @@ static int method_allowed(const char *allow, const char *method)
 static struct req *req_new(http_server *s, struct MHD_Connection *conn, const char *url,
                            const char *method)
 {
-    struct req *r = calloc(1, sizeof *r);
-    if (!r)
-        return NULL;
+    /* A pooled state saves a 4.5 KiB calloc/free pair (and its feature
+     * vector another) per request: large chunks are the allocator's slow path. */
+    struct req *r = s->free_reqs;
+    if (r) {
+        s->free_reqs = r->next;
+        s->n_free_reqs--;
+        double *x = r->x;
+        int x_dim = r->x_dim;
+        memset(r, 0, sizeof *r);
+        r->x = x;
+        r->x_dim = x_dim;
+    } else {
+        r = calloc(1, sizeof *r);
+        if (!r)
+            return NULL;
+    }
     r->srv = s;
     r->conn = conn;
     r->g = s->cur;
@@ -458,8 +484,8 @@ static struct req *req_new(http_server *s, struct MHD_Connection *conn, const ch
     r->arm = -1;
     r->t_start_ms = util_now_ms();
     r->ttfb_ms = -1;
-    snprintf(r->method, sizeof r->method, "%s", method);
-    snprintf(r->path, sizeof r->path, "%s", url);
+    copy_str(r->method, sizeof r->method, method);
+    copy_str(r->path, sizeof r->path, url);
     r->route = route_of(url, &r->allow);
     if (r->route != R_NOTFOUND)
         r->method_ok = method_allowed(r->allow, method);
@@ -537,13 +563,19 @@ static void req_free(struct req *r)
         openai_chat_free(&r->chat);
     if (r->sse_init)
         openai_sse_free(&r->sse);
-    free(r->x);
     free(r->scores);
     free(r->up_body);
     free(r->final_body);
     if (r->counted)
         metrics_gauge_add(metrics_banditd_inflight(s->d.mcat), -1);
     gen_unref(r->g);
+    if (s->n_free_reqs < HTTP_REQ_POOL_MAX) {
+        r->next = s->free_reqs;
+        s->free_reqs = r;
+        s->n_free_reqs++;
+        return;
+    }
+    free(r->x);
     free(r);
 }
 
@@ -720,7 +752,7 @@ static void on_headers(void *ud, long status, const char *ctype)
 {
     struct req *r = ud;
     r->up_status = status;
-    snprintf(r->up_ctype, sizeof r->up_ctype, "%s", ctype);
+    copy_str(r->up_ctype, sizeof r->up_ctype, ctype);
     if (r->call)
         r->retry_after_ms = upstream_retry_after_ms(r->call);
     if (r->chat.stream && status >= 200 && status < 300) {
@@ -1125,9 +1157,16 @@ static enum MHD_Result handle_chat(struct req *r)
     r->pinned = pinned >= 0;
 
     int dim = router_dim(s->d.rt);
-    r->x = calloc((size_t)dim, sizeof *r->x);
-    if (!r->x)
-        return respond_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
+    if (r->x && r->x_dim == dim) {
+        memset(r->x, 0, (size_t)dim * sizeof *r->x);
+    } else {
+        free(r->x);
+        r->x_dim = 0;
+        r->x = calloc((size_t)dim, sizeof *r->x);
+        if (!r->x)
+            return respond_error(r, 500, "out of memory", "server_error", NULL, "internal_error");
+        r->x_dim = dim;
+    }
     if (features_from_request_tw(r->chat.root, r->x, dim, r->g->cfg->router.text_weight) != BD_OK)
         return respond_error(r, 400, "cannot featurize the request", "invalid_request_error",
                              "messages", "invalid_request");
@@ -1669,6 +1708,12 @@ static int bind_listen(const char *host, int port, int *port_out, char *err, siz
 
 static void server_free(http_server *s)
 {
+    while (s->free_reqs) {
+        struct req *r = s->free_reqs;
+        s->free_reqs = r->next;
+        free(r->x);
+        free(r);
+    }
     auth_destroy(s->auth);
     gen_unref(s->cur);
     free(s);

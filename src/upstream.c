@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -63,32 +64,103 @@ struct upstream {
     struct upstream_timer *timers; /* pending one-shot timers (few) */
     struct upstream_call *pool;    /* finished calls for reuse, linked by next */
     size_t n_pool;
+    unsigned char *fds; /* per fd: FD_* registration state of curl's sockets */
+    size_t n_fds;
+    int no_proxy_env; /* no proxy variable set at start: tell curl, it skips the lookups */
 };
 
-/* socketp (curl_multi_assign) marks a socket as in our epoll set, so each
- * change is one epoll_ctl: ADD the first time, MOD afterwards, DEL on remove
- * (curl forgets socketp then). */
+/* Registration of curl's sockets in u->epfd, per fd number. Connection
+ * sockets (opened through open_cb, closed through close_cb) stay registered
+ * when curl stops watching them (CURL_POLL_REMOVE as the connection returns to
+ * curl's cache): the next transfer on the same connection then asks for the
+ * same events again and needs no epoll_ctl at all, where DEL + ADD cost two
+ * system calls per request. A cached connection that becomes readable (the
+ * upstream closed it) is deleted when its event arrives. Other sockets curl
+ * hands us (the threaded resolver's socket pair, opened and closed behind our
+ * back) are registered and deleted eagerly, as before. */
+#define FD_IN_SET 0x01u /* in u->epfd, with the events below */
+#define FD_EV_IN 0x02u
+#define FD_EV_OUT 0x04u
+#define FD_WANTED 0x08u /* curl watches it now */
+#define FD_CONN 0x10u   /* a connection socket (open_cb): close_cb clears it */
+
+static unsigned char *fd_state(upstream *u, curl_socket_t s)
+{
+    if (s < 0)
+        return NULL;
+    if ((size_t)s >= u->n_fds) {
+        size_t n = u->n_fds ? u->n_fds : 64;
+        while (n <= (size_t)s)
+            n *= 2;
+        unsigned char *f = realloc(u->fds, n);
+        if (!f)
+            return NULL;
+        memset(f + u->n_fds, 0, n - u->n_fds);
+        u->fds = f;
+        u->n_fds = n;
+    }
+    return &u->fds[s];
+}
+
+static curl_socket_t open_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    (void)purpose;
+    upstream *u = clientp;
+    curl_socket_t s = socket(a->family, a->socktype, a->protocol);
+    if (s == CURL_SOCKET_BAD)
+        return s;
+    unsigned char *st = fd_state(u, s);
+    if (!st) {
+        close(s);
+        return CURL_SOCKET_BAD;
+    }
+    *st = FD_CONN; /* a fresh file: whatever the number meant before is gone */
+    return s;
+}
+
+static int close_cb(void *clientp, curl_socket_t s)
+{
+    upstream *u = clientp;
+    if (s >= 0 && (size_t)s < u->n_fds)
+        u->fds[s] = 0; /* close() takes it out of the epoll set */
+    return close(s);
+}
+
 static int sock_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
 {
     (void)easy;
+    (void)socketp;
     upstream *u = userp;
+    unsigned char *st = fd_state(u, s);
+    if (!st)
+        return -1;
     if (what == CURL_POLL_REMOVE) {
-        epoll_ctl(u->epfd, EPOLL_CTL_DEL, s, NULL); /* may already be closed: fine */
+        if (*st & FD_CONN) {
+            *st &= (unsigned char)~FD_WANTED; /* lazily: see FD_CONN */
+        } else {
+            epoll_ctl(u->epfd, EPOLL_CTL_DEL, s, NULL); /* may already be closed: fine */
+            *st = 0;
+        }
+        return 0;
+    }
+    unsigned ev = (what & CURL_POLL_IN ? FD_EV_IN : 0u) | (what & CURL_POLL_OUT ? FD_EV_OUT : 0u);
+    if ((*st & FD_IN_SET) && (*st & (FD_EV_IN | FD_EV_OUT)) == ev) {
+        *st |= FD_WANTED;
         return 0;
     }
     struct epoll_event e = {0};
-    e.events = (what & CURL_POLL_IN ? EPOLLIN : 0u) | (what & CURL_POLL_OUT ? EPOLLOUT : 0u);
+    e.events = (ev & FD_EV_IN ? EPOLLIN : 0u) | (ev & FD_EV_OUT ? EPOLLOUT : 0u);
     e.data.fd = s;
-    if (socketp) {
-        if (epoll_ctl(u->epfd, EPOLL_CTL_MOD, s, &e) == 0)
-            return 0;
-        if (errno != ENOENT) /* ENOENT: the fd was closed and reused behind our back */
+    int ok = 0;
+    if (*st & FD_IN_SET) {
+        ok = epoll_ctl(u->epfd, EPOLL_CTL_MOD, s, &e) == 0;
+        if (!ok && errno != ENOENT) /* ENOENT: closed and reused behind our back */
             return -1;
     }
-    if (epoll_ctl(u->epfd, EPOLL_CTL_ADD, s, &e) != 0 &&
+    if (!ok && epoll_ctl(u->epfd, EPOLL_CTL_ADD, s, &e) != 0 &&
         (errno != EEXIST || epoll_ctl(u->epfd, EPOLL_CTL_MOD, s, &e) != 0))
         return -1;
-    curl_multi_assign(u->multi, s, u); /* any non-NULL marker */
+    *st = (unsigned char)((*st & FD_CONN) | FD_IN_SET | FD_WANTED | ev);
     return 0;
 }
 
@@ -131,6 +203,14 @@ upstream *upstream_create(long max_total, long max_host)
     curl_multi_setopt(u->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max_host < 0 ? 0L : max_host);
     /* Keep enough idle connections cached for reuse under load. */
     curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, 1024L);
+    static const char *const proxy_vars[] = {"http_proxy",  "HTTP_PROXY", "https_proxy",
+                                             "HTTPS_PROXY", "all_proxy",  "ALL_PROXY"};
+    u->no_proxy_env = 1;
+    for (size_t i = 0; i < sizeof proxy_vars / sizeof proxy_vars[0]; i++) {
+        const char *v = getenv(proxy_vars[i]);
+        if (v && v[0])
+            u->no_proxy_env = 0;
+    }
     return u;
 }
 
@@ -278,9 +358,10 @@ void upstream_destroy(upstream *u)
         u->pool = c->next;
         call_destroy(c);
     }
-    curl_multi_cleanup(u->multi);
+    curl_multi_cleanup(u->multi); /* closes cached connections through close_cb */
     close(u->epfd);
     close(u->wakefd);
+    free(u->fds);
     free(u);
 }
 
@@ -394,6 +475,12 @@ int upstream_start(upstream *u, const struct upstream_req *rq, const struct upst
     /* Relay bytes exactly as sent: no transparent decoding. */
     bad |= curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L) != CURLE_OK;
     bad |= curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_cb) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, u) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_cb) != CURLE_OK;
+    bad |= curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, u) != CURLE_OK;
+    if (u->no_proxy_env) /* "" = no proxy: curl then skips its environment lookups */
+        bad |= curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK;
     if (bad)
         goto refused;
     c->t_start_ms = util_now_ms();
@@ -582,6 +669,14 @@ int upstream_perform(upstream *u)
             uint64_t v;
             while (read(u->wakefd, &v, sizeof v) > 0) {
             }
+            continue;
+        }
+        if ((size_t)fd < u->n_fds && !(u->fds[fd] & FD_WANTED)) {
+            /* An idle cached connection woke up (the upstream closed it, most
+             * likely): stop watching it; curl checks it before any reuse. */
+            if (u->fds[fd] & FD_IN_SET)
+                epoll_ctl(u->epfd, EPOLL_CTL_DEL, fd, NULL);
+            u->fds[fd] &= (unsigned char)FD_CONN;
             continue;
         }
         int mask = (ev & EPOLLIN ? CURL_CSELECT_IN : 0) | (ev & EPOLLOUT ? CURL_CSELECT_OUT : 0) |

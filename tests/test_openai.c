@@ -228,6 +228,34 @@ START_TEST(test_deep_nesting)
     b[200000] = '\0';
     ck_assert_int_eq(parse(b, &c, err, sizeof err, NULL), BD_ERR_INVALID);
     free(b);
+    /* More than 64 brackets inside strings (the exact scan runs): not nesting. */
+    char many[600];
+    int n = snprintf(many, sizeof many,
+                     "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+                     "\"content\":\"");
+    for (int i = 0; i < 100; i++)
+        many[n++] = i % 3 ? '{' : '[';
+    snprintf(many + n, sizeof many - (size_t)n, "\"}]}");
+    expect_valid(many, &c);
+    openai_chat_free(&c);
+    /* A NUL byte: before too-deep nesting it is the NUL error, after it the
+     * depth error (the first problem in the body wins, as before). */
+    char *deep = nested_body(99);
+    size_t dl = strlen(deep);
+    char *nul = malloc(dl + 2);
+    ck_assert_ptr_nonnull(nul);
+    nul[0] = ' ';
+    nul[1] = '\0';
+    memcpy(nul + 2, deep, dl);
+    ck_assert_int_eq(openai_chat_parse(nul, dl + 2, &c, err, sizeof err, NULL), BD_ERR_INVALID);
+    ck_assert_msg(strstr(err, "NUL") != NULL, "%s", err);
+    memcpy(nul, deep, dl);
+    nul[dl] = '\0';
+    nul[dl + 1] = ' ';
+    ck_assert_int_eq(openai_chat_parse(nul, dl + 2, &c, err, sizeof err, NULL), BD_ERR_INVALID);
+    ck_assert_msg(strstr(err, "64") != NULL, "%s", err);
+    free(nul);
+    free(deep);
 }
 END_TEST
 
