@@ -27,7 +27,7 @@ CHECK_ASAN_E2E_SKIP=${CHECK_ASAN_E2E_SKIP:-t_fuzz_smoke t_install t_replay}
 # valgrind: the parsers and stores (test_linucb*, test_router and test_replay
 # are numeric/CPU-bound: minutes under valgrind); the daemon for the request
 # path, hostile input and the feedback API.
-CHECK_VG_UNIT=${CHECK_VG_UNIT:-test_auth test_config test_dataset test_decisions test_features test_feedback test_health test_metrics test_openai test_pref test_reload test_store test_store_redis test_util}
+CHECK_VG_UNIT=${CHECK_VG_UNIT:-test_auth test_config test_dataset test_decisions test_features test_feedback test_health test_metrics test_openai test_pref test_reload test_stats test_store test_store_redis test_util}
 CHECK_VG_E2E=${CHECK_VG_E2E:-t_smoke t_proxy t_errors t_feedback_api}
 FAULTS_N_ASAN=${FAULTS_N_ASAN:-5000}
 

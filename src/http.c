@@ -1216,39 +1216,12 @@ static enum MHD_Result handle_chat(struct req *r)
     return MHD_YES;
 }
 
-/* /stats plus each arm's circuit (current generation). NULL on OOM. */
-static char *stats_with_health(struct req *r)
+/* /stats of the current generation. NULL on OOM. */
+static char *stats_of(struct req *r)
 {
     http_server *s = r->srv;
-    char *base = stats_json(s->cur->cfg, s->d.rt, s->d.ds, upstream_inflight(s->d.up), s->n_reqs);
-    if (!base)
-        return NULL;
-    cJSON *root = cJSON_Parse(base);
-    cJSON *arms = root ? cJSON_GetObjectItemCaseSensitive(root, "arms") : NULL;
-    if (!cJSON_IsArray(arms)) {
-        cJSON_Delete(root);
-        return base;
-    }
-    double now = util_now_ms();
-    int n = cJSON_GetArraySize(arms);
-    for (int i = 0; i < n && (size_t)i < s->cur->cfg->n_arms; i++) {
-        cJSON *a = cJSON_GetArrayItem(arms, i);
-        enum health_state st = health_state_of(s->cur->h, i);
-        cJSON_DeleteItemFromObjectCaseSensitive(a, "healthy");
-        cJSON_AddBoolToObject(a, "healthy", st == HEALTH_CLOSED);
-        cJSON_AddStringToObject(a, "circuit", health_state_name(st));
-        cJSON_AddNumberToObject(a, "consecutive_failures",
-                                health_consecutive_failures(s->cur->h, i));
-        cJSON_AddNumberToObject(a, "circuit_opens", (double)health_opens(s->cur->h, i));
-        cJSON_AddNumberToObject(a, "arm_inflight", health_inflight(s->cur->h, i));
-    }
-    cJSON_AddBoolToObject(root, "ready", health_ready(s->cur->h, now));
-    char *out = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    if (!out)
-        return base;
-    free(base);
-    return out;
+    return stats_json(s->cur->cfg, s->d.rt, s->d.ds, s->cur->h, util_now_ms(),
+                      upstream_inflight(s->d.up), s->n_reqs);
 }
 
 /* Authenticate r at its first call (before any body is read). Client
@@ -1573,7 +1546,7 @@ static enum MHD_Result dispatch(struct req *r)
     case R_FEEDBACK:
         return handle_feedback(r);
     case R_STATS:
-        return respond_json(r, 200, stats_with_health(r));
+        return respond_json(r, 200, stats_of(r));
     case R_METRICS:
         return handle_metrics(r);
     case R_ADMIN_RELOAD:

@@ -6,8 +6,8 @@
 
 #include <cjson/cJSON.h>
 
-char *stats_json(const struct config *cfg, const router *rt, const decisions *ds, size_t inflight,
-                 size_t connections)
+char *stats_json(const struct config *cfg, const router *rt, const decisions *ds, const health *h,
+                 double now_ms, size_t inflight, size_t connections)
 {
     assert(cfg && rt);
     cJSON *root = cJSON_CreateObject();
@@ -40,11 +40,18 @@ char *stats_json(const struct config *cfg, const router *rt, const decisions *ds
         cJSON_AddNumberToObject(a, "usage_obs", (double)st.usage_obs);
         cJSON_AddNumberToObject(a, "price_in_per_mtok", cfg->arms[i].price_in_per_mtok);
         cJSON_AddNumberToObject(a, "price_out_per_mtok", cfg->arms[i].price_out_per_mtok);
-        cJSON_AddTrueToObject(a, "healthy");
+        enum health_state hs = h ? health_state_of(h, i) : HEALTH_CLOSED;
+        cJSON_AddBoolToObject(a, "healthy", hs == HEALTH_CLOSED);
+        cJSON_AddStringToObject(a, "circuit", health_state_name(hs));
+        cJSON_AddNumberToObject(a, "consecutive_failures",
+                                h ? health_consecutive_failures(h, i) : 0);
+        cJSON_AddNumberToObject(a, "circuit_opens", h ? (double)health_opens(h, i) : 0.0);
+        cJSON_AddNumberToObject(a, "arm_inflight", h ? health_inflight(h, i) : 0u);
     }
     cJSON_AddNumberToObject(root, "decisions_pending", ds ? (double)decisions_pending(ds) : 0.0);
     cJSON_AddNumberToObject(root, "inflight", (double)inflight);
     cJSON_AddNumberToObject(root, "connections", (double)connections);
+    cJSON_AddBoolToObject(root, "ready", h ? health_ready(h, now_ms) : 1);
     char *out = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
     return out;
