@@ -2,6 +2,7 @@
 #include <check.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -139,6 +140,17 @@ static char *read_file(const char *path, size_t *len)
     fclose(f);
     *len = (size_t)n;
     return buf;
+}
+
+/* store_export of g_db into g_dir/export.jsonl; its path goes to path. */
+static void export_db(char *path, size_t pathlen)
+{
+    snprintf(path, pathlen, "%s/export.jsonl", g_dir);
+    FILE *out = fopen(path, "w");
+    ck_assert_ptr_nonnull(out);
+    char err[256] = "";
+    ck_assert_msg(store_export(g_db, out, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(fclose(out), 0);
 }
 
 static int exists(const char *path)
@@ -788,7 +800,7 @@ START_TEST(test_complete_folds)
     store_get_stats(s, &st);
     ck_assert_uint_ge(st.enqueued, 4);
     ck_assert_uint_le(st.enqueued, 6);
-    /* Folding happens (the writer lingers 5 ms on fire-and-forget ops). */
+    /* Folding happens (the writer lingers 20 ms on fire-and-forget ops). */
     for (int i = 0; i < 20; i++) {
         char id[16];
         snprintf(id, sizeof id, "g%d", i);
@@ -908,11 +920,7 @@ START_TEST(test_export_jsonl)
     drain(s);
     /* export while the store is still open (a running daemon) */
     char path[320];
-    snprintf(path, sizeof path, "%s/export.jsonl", g_dir);
-    FILE *out = fopen(path, "w");
-    char err[256] = "";
-    ck_assert_int_eq(store_export(g_db, out, err, sizeof err), 0);
-    fclose(out);
+    export_db(path, sizeof path);
     store_close(s);
 
     FILE *in = fopen(path, "r");
@@ -967,7 +975,8 @@ START_TEST(test_export_jsonl)
     ck_assert_int_eq(decs, 2);
     ck_assert_int_eq(fbs, 1);
 
-    out = fopen("/dev/null", "w");
+    char err[256] = "";
+    FILE *out = fopen("/dev/null", "w");
     ck_assert_int_eq(store_export(g_db, out, err, sizeof err), 0); /* daemon stopped */
     ck_assert_int_eq(store_export("/nonexistent/x.db", out, err, sizeof err), BD_ERR_NOTFOUND);
     fclose(out);
@@ -1240,6 +1249,203 @@ START_TEST(test_kill9_keeps_acked)
 }
 END_TEST
 
+/* ---------- schema 3: compact features blobs ---------- */
+
+#define BIG 256
+
+/* Like the daemon's features: bias, a few dense cues, signed multiples of
+ * one scale (hashed n-grams), zeros; plus the awkward patterns. */
+static void make_big_x(double *x, int seed)
+{
+    const double sc = 1.0 / sqrt(1234.5 + seed);
+    for (int i = 0; i < BIG; i++)
+        x[i] = (i * 7 + seed) % 5 == 0 ? 0.0 : ((i * 13 + seed) % 23 - 11) * sc;
+    x[0] = 1.0;
+    x[1] = log1p(1246.0 + seed) / 10.0;
+    x[2] = -0.0;
+    x[3] = 4.9406564584124654e-324; /* the smallest subnormal */
+    x[4] = -1.7976931348623157e308;
+    x[5] = 0.1;
+}
+
+struct big_rows {
+    int n;
+    char ids[8][STORE_ID_MAX];
+    double x[8][BIG];
+};
+
+static int big_add(struct big_rows *c, const char *id, const double *x)
+{
+    ck_assert_int_lt(c->n, 8);
+    snprintf(c->ids[c->n], STORE_ID_MAX, "%s", id);
+    memcpy(c->x[c->n++], x, sizeof c->x[0]);
+    return 0;
+}
+
+static int collect_big_decision(const struct store_decision *d, void *ud)
+{
+    return big_add(ud, d->id, d->x);
+}
+
+static int collect_big_feedback(const struct store_feedback *f, void *ud)
+{
+    return big_add(ud, f->request_id, f->x);
+}
+
+static void put_big(store *s, const char *id, const double *x, double created)
+{
+    struct store_decision d = {.id = id, .arm_name = "cheap", .x = x, .created_s = created};
+    ck_assert_int_eq(store_put_decision(s, &d, NULL, NULL), 0);
+}
+
+/* Features come back bit for bit from either blob form (-0.0, subnormals,
+ * extremes included); a compressible vector takes well under dim*8 bytes, an
+ * incompressible one (256 distinct values) stays raw; a feedback whose x
+ * equals its decision's stores NULL, also against a raw (schema-2) row. */
+START_TEST(test_compact_features)
+{
+    store *s = open_ok(BIG, 64);
+    static double x[4][BIG], y[BIG];
+    make_big_x(x[0], 1);
+    make_big_x(x[1], 2);
+    for (int i = 0; i < BIG; i++)
+        x[2][i] = 1.0 + i * 0x1p-40; /* 256 distinct values: raw */
+    memset(x[3], 0, sizeof x[3]);    /* all +0.0 */
+    const char *ids[4] = {"dict-1", "dict-2", "raw-1", "zero"};
+    for (int i = 0; i < 4; i++)
+        put_big(s, ids[i], x[i], 100.0 + i);
+    drain(s);
+    ck_assert_int_lt(count_rows("SELECT length(x) FROM decisions WHERE id='dict-1'"), BIG * 4);
+    ck_assert_int_eq(count_rows("SELECT length(x) FROM decisions WHERE id='raw-1'"), BIG * 8);
+    ck_assert_int_eq(count_rows("SELECT length(x) FROM decisions WHERE id='zero'"), 2 + BIG);
+    /* A raw row as schema 2 wrote it, holding a compressible vector. */
+    make_big_x(y, 3);
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(g_db, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(db,
+                                        "INSERT INTO decisions(id, arm_name, x, w_q, w_c, w_l, "
+                                        "created_s) VALUES('legacy', 'cheap', ?, 0, 0, 0, 104)",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_blob(st, 1, y, sizeof y, SQLITE_STATIC); /* little-endian host */
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+
+    struct big_rows *c = calloc(1, sizeof *c);
+    ck_assert_int_eq(store_load_decisions(s, 110.0, 100.0, collect_big_decision, c), 0);
+    ck_assert_int_eq(c->n, 5);
+    for (int i = 0; i < 4; i++) {
+        ck_assert_str_eq(c->ids[i], ids[i]);
+        ck_assert_int_eq(memcmp(c->x[i], x[i], sizeof x[i]), 0);
+    }
+    ck_assert_int_eq(memcmp(c->x[4], y, sizeof y), 0);
+
+    /* Feedback: same x as the decision (dict row, raw legacy row) → NULL;
+     * different x → its own blob, compact too. */
+    struct ack a[3] = {{0}};
+    ck_assert_int_eq(store_put_feedback(s, "dict-1", "cheap", x[0], BIG, 1, 200, on_ack, &a[0]), 0);
+    ck_assert_int_eq(store_put_feedback(s, "legacy", "cheap", y, BIG, 0, 201, on_ack, &a[1]), 0);
+    ck_assert_int_eq(store_put_feedback(s, "dict-2", "cheap", x[0], BIG, 1, 202, on_ack, &a[2]), 0);
+    drain(s);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(a[i].rc, 0);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback WHERE x IS NULL AND request_id IN "
+                                "('dict-1','legacy')"),
+                     2);
+    ck_assert_int_lt(count_rows("SELECT length(x) FROM feedback WHERE request_id='dict-2'"),
+                     BIG * 4);
+    memset(c, 0, sizeof *c);
+    ck_assert_int_eq(store_load_feedback_after(s, NULL, 0, collect_big_feedback, c), 0);
+    ck_assert_int_eq(c->n, 3);
+    ck_assert_int_eq(memcmp(c->x[0], x[0], sizeof x[0]), 0);
+    ck_assert_int_eq(memcmp(c->x[1], y, sizeof y), 0);
+    ck_assert_int_eq(memcmp(c->x[2], x[0], sizeof x[0]), 0);
+    free(c);
+    store_close(s);
+
+    /* Export prints the same doubles (%.17g round-trips). */
+    char out[320];
+    export_db(out, sizeof out);
+    size_t len = 0;
+    char *text = read_file(out, &len);
+    int seen = 0;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        cJSON *o = cJSON_Parse(line);
+        ck_assert_ptr_nonnull(o);
+        const cJSON *id = cJSON_GetObjectItem(o, "id");
+        const cJSON *xs = cJSON_GetObjectItem(o, "x");
+        if (cJSON_IsString(id) && strcmp(id->valuestring, "dict-1") == 0) {
+            ck_assert_int_eq(cJSON_GetArraySize(xs), BIG);
+            for (int i = 0; i < BIG; i++) {
+                double v = cJSON_GetArrayItem(xs, i)->valuedouble;
+                ck_assert_msg(v == x[0][i] && signbit(v) == signbit(x[0][i]), "x[%d] %.17g %.17g",
+                              i, v, x[0][i]);
+            }
+            seen++;
+        }
+        cJSON_Delete(o);
+    }
+    free(text);
+    ck_assert_int_eq(seen, 1);
+}
+END_TEST
+
+/* A schema-2 database (raw features blobs, a feedback row sharing its
+ * decision's x) is migrated to 3 on open: rows read back unchanged. */
+START_TEST(test_migrate_v2)
+{
+    store *s = open_ok(BIG, 64);
+    static double x[BIG], z[BIG];
+    make_big_x(x, 5);
+    make_big_x(z, 6);
+    store_close(s);
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(g_db, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(
+        sqlite3_prepare_v2(db,
+                           "INSERT INTO decisions(id, arm_name, x, w_q, w_c, w_l, created_s) "
+                           "VALUES('old', 'cheap', ?, 0, 0, 0, 100)",
+                           -1, &st, NULL),
+        SQLITE_OK);
+    sqlite3_bind_blob(st, 1, x, sizeof x, SQLITE_STATIC);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    ck_assert_int_eq(sqlite3_exec(db,
+                                  "INSERT INTO feedback(seq, request_id, arm_name, x, reward, at_s)"
+                                  " VALUES(7, 'old', 'cheap', NULL, 0.5, 101);"
+                                  "UPDATE meta SET value='2' WHERE key='schema_version';"
+                                  "PRAGMA user_version=2;",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    ck_assert_int_eq(count_rows("PRAGMA user_version"), 2);
+
+    s = open_ok(BIG, 64);
+    ck_assert_int_eq(count_rows("PRAGMA user_version"), STORE_SCHEMA_VERSION);
+    ck_assert_int_eq(count_rows("SELECT value FROM meta WHERE key='schema_version'"),
+                     STORE_SCHEMA_VERSION);
+    ck_assert_int_eq(count_rows("SELECT length(x) FROM decisions WHERE id='old'"), BIG * 8);
+    put_big(s, "new", z, 102);
+    struct ack a = {0};
+    ck_assert_int_eq(store_put_feedback(s, "new", "cheap", z, BIG, 1, 103, on_ack, &a), 0);
+    drain(s);
+    ck_assert_int_eq(a.rc, 0);
+    ck_assert_int_eq(a.seq, 8);
+    ck_assert_int_lt(count_rows("SELECT length(x) FROM decisions WHERE id='new'"), BIG * 4);
+    struct big_rows *c = calloc(1, sizeof *c);
+    ck_assert_int_eq(store_load_feedback_after(s, "cheap", 0, collect_big_feedback, c), 0);
+    ck_assert_int_eq(c->n, 2);
+    ck_assert_str_eq(c->ids[0], "old");
+    ck_assert_int_eq(memcmp(c->x[0], x, sizeof x), 0);
+    ck_assert_int_eq(memcmp(c->x[1], z, sizeof z), 0);
+    free(c);
+    store_close(s);
+}
+END_TEST
+
 /* store_close delivers callbacks still pending. */
 START_TEST(test_close_delivers)
 {
@@ -1285,6 +1491,8 @@ static Suite *store_suite(void)
     tcase_add_test(tc, test_features_once);
     tcase_add_test(tc, test_complete_folds);
     tcase_add_test(tc, test_migrate_v1);
+    tcase_add_test(tc, test_compact_features);
+    tcase_add_test(tc, test_migrate_v2);
     tcase_add_test(tc, test_export_jsonl);
     tcase_add_test(tc, test_full_disk);
     tcase_add_test(tc, test_concurrent_producer);

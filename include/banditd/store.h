@@ -7,7 +7,9 @@
  * run on the loop thread: the put_* functions copy their arguments into an
  * operation, append it to a bounded FIFO queue and return at once. One writer
  * thread drains everything queued into one transaction (group commit),
- * commits it (synchronous=FULL: committed ⇒ survives power loss) and moves the
+ * commits it (synchronous=FULL when an op in it has a callback: committed ⇒
+ * survives power loss, and so does every earlier commit; a batch without a
+ * callback commits with NORMAL and is fsynced within 1 s) and moves the
  * operations that carry a callback onto a completion list, then calls
  * wake(wake_ud) once. The loop thread then calls store_dispatch(), which runs
  * the callbacks on the loop thread. The writer never calls a user callback.
@@ -43,7 +45,7 @@
 #include "banditd/decisions.h"
 #include "banditd/pref.h"
 
-#define STORE_SCHEMA_VERSION 2 /* 1 is migrated on open (docs/state.md) */
+#define STORE_SCHEMA_VERSION 3 /* 1 and 2 are migrated on open (docs/state.md) */
 #define STORE_ID_MAX 128       /* request/completion ids: at most 127 chars */
 #define STORE_NAME_MAX 64      /* arm names: at most 63 chars (CONFIG_NAME_MAX) */
 
@@ -146,7 +148,7 @@ struct store_stats {
  *   BD_ERR_CORRUPT, the file is left untouched (never a silent fresh start).
  * - stored dim differs from dim: BD_ERR_INVALID ("store has dim=256, config
  *   says dim=512; use --reset-state or migrate").
- * - schema version 1: migrated to STORE_SCHEMA_VERSION in one transaction;
+ * - schema version 1 or 2: migrated to STORE_SCHEMA_VERSION in one transaction;
  *   any other unknown version: BD_ERR_INVALID, the file untouched.
  * - flags & STORE_RESET: the database and its -wal/-shm are deleted first.
  * Returns 0 and *out, or an error with a message in err (*out = NULL). */
@@ -187,7 +189,7 @@ int store_put_snapshot(store *s, const struct store_arm_state *arms, int n, stor
 
 /* Queue the deletion of decisions older than ttl_s at now_s (created_s <
  * now_s - ttl_s) that have no feedback row. The feedback log is kept, and
- * so are the decisions it refers to (schema 2 stores a feedback's features
+ * so are the decisions it refers to (schema 2+ stores a feedback's features
  * once, in its decision row: docs/state.md). Returns 0, BD_ERR_BUSY or
  * BD_ERR_NOMEM. */
 int store_purge_expired(store *s, double now_s, double ttl_s);

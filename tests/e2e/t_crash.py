@@ -103,10 +103,22 @@ def client(tid):
             time.sleep(0.01)
 
 
+def decode_x(blob):
+    """A features blob: raw little-endian doubles, or (schema 3) the
+    dictionary form: 0xD1, k, k 8-byte patterns, one index byte per
+    coordinate (0 = +0.0). docs/state.md."""
+    if len(blob) == 8 * DIM:
+        return struct.unpack("<%dd" % DIM, blob)
+    assert blob[0] == 0xD1 and len(blob) == 2 + 8 * blob[1] + DIM, "bad features blob"
+    k = blob[1]
+    vals = (0.0,) + struct.unpack("<%dd" % k, blob[2:2 + 8 * k])
+    return tuple(vals[i] for i in blob[2 + 8 * k:])
+
+
 def read_log():
     con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=10)
     try:
-        # schema 2: a feedback row's x is NULL when its decision row holds it
+        # schema 2+: a feedback row's x is NULL when its decision row holds it
         rows = con.execute("SELECT f.seq, f.request_id, f.arm_name, coalesce(f.x, d.x), f.reward "
                            "FROM feedback f LEFT JOIN decisions d ON d.id = f.request_id "
                            "ORDER BY f.seq").fetchall()
@@ -137,7 +149,7 @@ def verify(d, label):
         for seq, rid, a, xb, reward in rows:
             if a != arm:
                 continue
-            x = struct.unpack("<%dd" % DIM, xb)
+            x = decode_x(xb)
             n += 1
             y = reward - MU0
             for i in range(DIM):

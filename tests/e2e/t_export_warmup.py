@@ -5,7 +5,7 @@
 1. A daemon with a durable store (router dim 16) answers chat requests on
    both arms; most get a feedback (one twice: 409). While it runs,
    `banditd export` dumps the database.
-2. The dump: one meta line first (dim 16, schema 2), every line parses, every
+2. The dump: one meta line first (dim 16, schema 3), every line parses, every
    chat request id is a decision line, every feedback answered 200 is a
    feedback line exactly once with its reward and arm, its x has 16 finite
    numbers and equals its decision's x (features are stored once and joined).
@@ -90,7 +90,7 @@ def main():
     with open(dump) as f:
         lines = [json.loads(line) for line in f if line.strip()]
     assert lines and lines[0]["type"] == "meta", lines[:1]
-    assert lines[0]["dim"] == DIM and lines[0]["schema_version"] == 2, lines[0]
+    assert lines[0]["dim"] == DIM and lines[0]["schema_version"] == 3, lines[0]
     decisions = {o["id"]: o for o in lines if o["type"] == "decision"}
     feedback = [o for o in lines if o["type"] == "feedback"]
     assert {o["type"] for o in lines} <= {"meta", "decision", "feedback"}
