@@ -74,22 +74,33 @@ struct restore_ctx {
     size_t errlen;
 };
 
-static int restore_arm_cb(const struct store_arm_state *a, void *ud)
+void state_arm_snapshot(const router *rt, int arm, const char *name, double now_s,
+                        struct store_arm_state *a)
 {
-    struct restore_ctx *c = ud;
-    state *s = c->s;
-    int i = config_arm_index(s->cfg, a->arm_name);
-    if (i < 0) {
-        c->info->snapshots_unused++;
-        return 0; /* a removed arm: its rows stay, unused */
-    }
-    int rc = linucb_set_state(router_model_mut(s->rt, i), a->A, a->b, a->n);
-    if (rc != BD_OK) {
-        util_errf(c->err, c->errlen,
-                  "snapshot of arm %s is unusable (%s); restore a backup or use --reset-state",
-                  a->arm_name, bd_strerror(rc));
+    const linucb *m = router_model(rt, arm);
+    struct router_arm_stats rs;
+    router_arm_stats(rt, arm, &rs);
+    *a = (struct store_arm_state){
+        .arm_name = name,
+        .A = linucb_A(m),
+        .b = linucb_b(m),
+        .n = linucb_count(m),
+        .pulls = rs.pulls,
+        .feedback = rs.feedback,
+        .reward_sum = rs.reward_sum,
+        .exp_completion_tokens = rs.exp_completion_tokens,
+        .latency_ms = rs.latency_ms,
+        .ttfb_ms = rs.ttfb_ms,
+        .usage_obs = rs.usage_obs,
+        .taken_at = now_s,
+    };
+}
+
+int state_arm_restore(router *rt, int arm, const struct store_arm_state *a)
+{
+    int rc = linucb_set_state(router_model_mut(rt, arm), a->A, a->b, a->n);
+    if (rc != BD_OK)
         return rc;
-    }
     struct router_arm_stats st = {
         .pulls = a->pulls,
         .feedback = a->feedback,
@@ -99,7 +110,26 @@ static int restore_arm_cb(const struct store_arm_state *a, void *ud)
         .ttfb_ms = a->ttfb_ms,
         .usage_obs = a->usage_obs,
     };
-    router_restore_arm_stats(s->rt, i, &st);
+    router_restore_arm_stats(rt, arm, &st);
+    return BD_OK;
+}
+
+static int restore_arm_cb(const struct store_arm_state *a, void *ud)
+{
+    struct restore_ctx *c = ud;
+    state *s = c->s;
+    int i = config_arm_index(s->cfg, a->arm_name);
+    if (i < 0) {
+        c->info->snapshots_unused++;
+        return 0; /* a removed arm: its rows stay, unused */
+    }
+    int rc = state_arm_restore(s->rt, i, a);
+    if (rc != BD_OK) {
+        util_errf(c->err, c->errlen,
+                  "snapshot of arm %s is unusable (%s); restore a backup or use --reset-state",
+                  a->arm_name, bd_strerror(rc));
+        return rc;
+    }
     s->tr[i].last_seq = a->feedback_seq;
     s->tr[i].pulls_at_snap = a->pulls;
     c->info->snapshots++;
@@ -262,23 +292,8 @@ static int fill_snapshot(state *s, int i, double now, struct store_arm_state *a)
     int rc = linucb_refactor(m);
     if (rc != BD_OK)
         return rc;
-    struct router_arm_stats rs;
-    router_arm_stats(s->rt, i, &rs);
-    *a = (struct store_arm_state){
-        .arm_name = s->cfg->arms[i].name,
-        .A = linucb_A(m),
-        .b = linucb_b(m),
-        .n = linucb_count(m),
-        .feedback_seq = s->tr[i].last_seq,
-        .pulls = rs.pulls,
-        .feedback = rs.feedback,
-        .reward_sum = rs.reward_sum,
-        .exp_completion_tokens = rs.exp_completion_tokens,
-        .latency_ms = rs.latency_ms,
-        .ttfb_ms = rs.ttfb_ms,
-        .usage_obs = rs.usage_obs,
-        .taken_at = now,
-    };
+    state_arm_snapshot(s->rt, i, s->cfg->arms[i].name, now, a);
+    a->feedback_seq = s->tr[i].last_seq;
     return BD_OK;
 }
 

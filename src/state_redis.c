@@ -15,6 +15,7 @@
 #include "banditd/linucb.h"
 #include "banditd/log.h"
 #include "banditd/openai.h"
+#include "banditd/state.h"
 #include "banditd/util.h"
 
 #define SNAP_CHUNK 16 /* arms per snapshot operation */
@@ -81,22 +82,12 @@ static int restore_cb(const struct store_arm_state *a, void *ud)
     int i = config_arm_index(c->s->cfg, a->arm_name);
     if (i < 0)
         return 0; /* not configured here: its events are skipped the same way */
-    int rc = linucb_set_state(router_model_mut(c->s->rt, i), a->A, a->b, a->n);
+    int rc = state_arm_restore(c->s->rt, i, a);
     if (rc != BD_OK) {
         util_errf(c->err, c->errlen, "redis snapshot of arm %s is unusable (%s)", a->arm_name,
                   bd_strerror(rc));
         return rc;
     }
-    struct router_arm_stats st = {
-        .pulls = a->pulls,
-        .feedback = a->feedback,
-        .reward_sum = a->reward_sum,
-        .exp_completion_tokens = a->exp_completion_tokens,
-        .latency_ms = a->latency_ms,
-        .ttfb_ms = a->ttfb_ms,
-        .usage_obs = a->usage_obs,
-    };
-    router_restore_arm_stats(c->s->rt, i, &st);
     c->snapshots++;
     return 0;
 }
@@ -190,23 +181,7 @@ static int snapshot_all(state_redis *s, double now, int with_cb)
     for (int base = 0; base < n && rc == BD_OK; base += SNAP_CHUNK) {
         int k = 0;
         for (int i = base; i < n && k < SNAP_CHUNK; i++, k++) {
-            const linucb *m = router_model(s->rt, i);
-            struct router_arm_stats rs;
-            router_arm_stats(s->rt, i, &rs);
-            a[k] = (struct store_arm_state){
-                .arm_name = s->cfg->arms[i].name,
-                .A = linucb_A(m),
-                .b = linucb_b(m),
-                .n = linucb_count(m),
-                .pulls = rs.pulls,
-                .feedback = rs.feedback,
-                .reward_sum = rs.reward_sum,
-                .exp_completion_tokens = rs.exp_completion_tokens,
-                .latency_ms = rs.latency_ms,
-                .ttfb_ms = rs.ttfb_ms,
-                .usage_obs = rs.usage_obs,
-                .taken_at = now,
-            };
+            state_arm_snapshot(s->rt, i, s->cfg->arms[i].name, now, &a[k]);
         }
         rc = store_redis_put_snapshot(s->st, a, k, with_cb ? snap_done : NULL, s);
         if (rc == BD_OK && with_cb)

@@ -83,4 +83,14 @@ void state_close(state *s);
 char *state_model_json(const router *rt, const struct config *cfg, const char *arm_name,
                        int *status);
 
+/* One arm's snapshot as both back ends store it (this module and
+ * state_redis.c): A, b and n borrowed from the router's model (valid until
+ * the next update), the per-arm stats, taken_at = now_s; feedback_seq 0
+ * (the caller sets it). */
+void state_arm_snapshot(const router *rt, int arm, const char *name, double now_s,
+                        struct store_arm_state *a);
+/* The inverse: arm's model (linucb_set_state) and stats from a stored
+ * snapshot. Returns 0 or linucb_set_state's error (the arm is unchanged). */
+int state_arm_restore(router *rt, int arm, const struct store_arm_state *a);
+
 #endif
