@@ -3,6 +3,12 @@
  * of one feedback update (router_feedback), at d=256 with 2, 8 and 16 arms.
  * Also one forgetting (γ<1) update. Prints medians over batches.
  *
+ * The "varied" lines rotate over VARIANTS requests made of the same words in
+ * other orders: same length and vocabulary, different bytes. With one fixed
+ * request the branch predictor learns the whole input after a few calls, so
+ * data-dependent branches look free there; the varied lines are closer to
+ * traffic, where every prompt is new.
+ *
  *   build/bench/bench_decision            (make bench)
  */
 #include <cblas.h>
@@ -20,6 +26,7 @@
 
 #define DIM 256
 #define BATCHES 31
+#define VARIANTS 64
 
 static const char *REQUEST =
     "{\"model\":\"auto\",\"max_tokens\":512,\"temperature\":0.2,\"messages\":["
@@ -101,20 +108,84 @@ static void warm(router *r, struct util_rng *rng, int per_arm)
         }
 }
 
-static double time_features(const cJSON *req)
+/* Shuffle the space-separated words of s in place (Fisher–Yates over word
+ * slots, rebuilt into out, which has room for strlen(s) + 1 bytes). */
+static void shuffle_words(const char *s, char *out, struct util_rng *rng)
+{
+    enum { MAX_WORDS = 512 };
+    const char *w[MAX_WORDS];
+    size_t len[MAX_WORDS], n = 0;
+    for (const char *p = s; *p != '\0' && n < MAX_WORDS;) {
+        const char *e = strchr(p, ' ');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        w[n] = p;
+        len[n++] = l;
+        p += l + (e != NULL);
+    }
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)(util_rng_next(rng) % i);
+        const char *tw = w[i - 1];
+        size_t tl = len[i - 1];
+        w[i - 1] = w[j];
+        len[i - 1] = len[j];
+        w[j] = tw;
+        len[j] = tl;
+    }
+    char *o = out;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0)
+            *o++ = ' ';
+        memcpy(o, w[i], len[i]);
+        o += len[i];
+    }
+    *o = '\0';
+}
+
+/* VARIANTS copies of req whose user turns have their words shuffled. */
+static int make_variants(const cJSON *req, cJSON **out, struct util_rng *rng)
+{
+    for (int v = 0; v < VARIANTS; v++) {
+        out[v] = cJSON_Duplicate(req, 1);
+        if (out[v] == NULL)
+            return -1;
+        const cJSON *m;
+        cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(out[v], "messages"))
+        {
+            const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+            cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+            if (!cJSON_IsString(role) || strcmp(role->valuestring, "user") != 0 ||
+                !cJSON_IsString(content))
+                continue;
+            char *buf = malloc(strlen(content->valuestring) + 1);
+            if (buf == NULL)
+                return -1;
+            shuffle_words(content->valuestring, buf, rng);
+            int ok = cJSON_ReplaceItemInObjectCaseSensitive((cJSON *)m, "content",
+                                                            cJSON_CreateString(buf));
+            free(buf);
+            if (!ok)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+/* Median time of features_from_request over reqs[i % nreq]. */
+static double time_features(cJSON *const *reqs, int nreq)
 {
     double x[DIM], t[BATCHES];
     const int iters = 2000;
     for (int b = 0; b < BATCHES; b++) {
         double t0 = now_ns();
         for (int i = 0; i < iters; i++)
-            features_from_request(req, x, DIM);
+            features_from_request(reqs[i % nreq], x, DIM);
         t[b] = (now_ns() - t0) / iters;
     }
     return median(t, BATCHES);
 }
 
-static double time_decision(router *r, const cJSON *req)
+/* Median time of features + router_decide over reqs[i % nreq]. */
+static double time_decision(router *r, cJSON *const *reqs, int nreq)
 {
     double x[DIM], t[BATCHES];
     struct router_decision d;
@@ -123,7 +194,7 @@ static double time_decision(router *r, const cJSON *req)
     for (int b = 0; b < BATCHES; b++) {
         double t0 = now_ns();
         for (int i = 0; i < iters; i++) {
-            features_from_request(req, x, DIM);
+            features_from_request(reqs[i % nreq], x, DIM);
             if (router_decide(r, x, &w, 300, NULL, -1, &d) != 0)
                 abort();
         }
@@ -160,8 +231,15 @@ int main(void)
     printf("request: %zu bytes of JSON, d=%d, clock %s\n", strlen(REQUEST), DIM,
            bench_clock == CLOCK_MONOTONIC ? "wall (CLOCK_MONOTONIC)"
                                           : "thread CPU (BENCH_CLOCK=cpu)");
-    double tf = time_features(req);
+    cJSON *var[VARIANTS];
+    struct util_rng vrng;
+    util_rng_seed(&vrng, 7);
+    if (make_variants(req, var, &vrng) != 0)
+        return 1;
+    double tf = time_features(&req, 1);
     printf("features_from_request        median %8.0f ns  %7.2f us\n", tf, tf / 1e3);
+    double tv = time_features(var, VARIANTS);
+    printf("features_from_request, varied  median %8.0f ns  %7.2f us\n", tv, tv / 1e3);
     const int arms[] = {2, 8, 16};
     for (size_t k = 0; k < sizeof(arms) / sizeof(arms[0]); k++) {
         struct config *cfg = make_config(arms[k], 1.0);
@@ -169,10 +247,13 @@ int main(void)
         if (r == NULL)
             return 1;
         warm(r, &rng, 200);
-        double td = time_decision(r, req);
+        double td = time_decision(r, &req, 1);
         printf("decision (features+decide) %2d arms  median %8.0f ns  %7.2f us\n", arms[k], td,
                td / 1e3);
         if (arms[k] == 8) {
+            double tdv = time_decision(r, var, VARIANTS);
+            printf("decision (features+decide)  8 arms, varied  median %8.0f ns  %7.2f us\n", tdv,
+                   tdv / 1e3);
             double tb = time_feedback(r, req, 200);
             printf("feedback (router_feedback, gamma=1)  median %8.0f ns  %7.2f us\n", tb,
                    tb / 1e3);
@@ -189,6 +270,8 @@ int main(void)
            tg / 1e3);
     router_destroy(r);
     free(cfg);
+    for (int v = 0; v < VARIANTS; v++)
+        cJSON_Delete(var[v]);
     cJSON_Delete(req);
     return 0;
 }

@@ -9,7 +9,8 @@
  *                             whatever the prompt's length (and the bias keeps
  *                             a stable share of the norm)
  *
- * The text is scanned once, byte by byte, in place: no copies, no allocation.
+ * The text is scanned once, byte by byte, in place (after strnlen finds its
+ * end): no copies, no allocation.
  * Words are maximal runs of ASCII letters/digits, '_' and any byte >= 0x80
  * (so UTF-8 words stay whole), ASCII-lowercased. Character 3-grams run over
  * the lowercased byte stream with whitespace runs collapsed to one space.
@@ -37,6 +38,11 @@
  * FEATURES_TEXT_WEIGHT, the default of config router.text_weight. The price:
  * arms that differ only by wording are told apart more slowly (see
  * docs/router.md and tests/e2e/t_learning.py). */
+
+/* Each weight and its negation, indexed by a hash's sign bit. */
+static const double WT_UNIGRAM[2] = {W_UNIGRAM, -W_UNIGRAM};
+static const double WT_BIGRAM[2] = {W_BIGRAM, -W_BIGRAM};
+static const double WT_CHAR3[2] = {W_CHAR3, -W_CHAR3};
 
 /* Domain tags so that a unigram, a bigram and a 3-gram never share a hash. */
 #define TAG_UNI 0x9e3779b97f4a7c15ULL
@@ -90,7 +96,6 @@ enum {
     C_SPACE = 8, /* space, tab, LF, CR, FF, VT */
     C_QUESTION = 16,
     C_BACKTICK = 32,
-    C_NUL = 64,
 };
 
 struct byte_class {
@@ -99,6 +104,15 @@ struct byte_class {
 };
 
 static struct byte_class class_tab[256];
+
+/* Per-byte counts, packed so that one addition counts all three: digits in
+ * bits 0..20, maths symbols in bits 21..41, question marks from bit 42 (a
+ * scan reads at most MSG_TEXT_CAP < 2^21 bytes, so no field overflows). */
+#define CNT_MATHS_SHIFT 21
+#define CNT_QUESTION_SHIFT 42
+#define CNT_FIELD ((1ULL << CNT_MATHS_SHIFT) - 1)
+_Static_assert(MSG_TEXT_CAP < (1 << CNT_MATHS_SHIFT), "packed counts would overflow");
+static uint64_t count_tab[256];
 
 static void class_tab_init(void)
 {
@@ -122,42 +136,38 @@ static void class_tab_init(void)
             k |= C_QUESTION;
         if (l == '`')
             k |= C_BACKTICK;
-        if (l == 0)
-            k |= C_NUL;
         class_tab[i].lower = l;
         class_tab[i].cls = k;
+        count_tab[i] = (uint64_t)((k & C_DIGIT) != 0) |
+                       (uint64_t)((k & C_MATHS) != 0) << CNT_MATHS_SHIFT |
+                       (uint64_t)((k & C_QUESTION) != 0) << CNT_QUESTION_SHIFT;
     }
     done = 1;
 }
 
 /* Scan one message's user text (at most len bytes; stops at a NUL). Hot
- * loop: state in locals, one pass, no allocation. */
+ * loop: state in locals, one pass, no allocation, no data-dependent branch
+ * but the ones on byte classes (signs come from tables, counts from
+ * count_tab). */
 static void scan_text(struct acc *a, const char *text, size_t len)
 {
     double *h = a->h;
     const uint64_t range = a->range;
-    uint64_t word = FNV_OFFSET, prev = 0;
-    int in_word = 0, last_space = 1, backticks = 0;
+    uint64_t word = FNV_OFFSET, prev = 0, counts = 0;
+    int last_space = 1, backticks = 0;
     uint32_t tri = 0;
     int tri_n = 0;
-    size_t digits = 0, maths = 0, questions = 0, fences = 0;
+    size_t fences = 0;
     const unsigned char *p = (const unsigned char *)text;
-    size_t i;
+    const size_t n = strnlen(text, len); /* the bytes read: up to the NUL or the cap */
 
-#define PUT(hash, w)                                                                               \
+/* Bit 31 of the hash picks the sign: a table lookup, not a branch (the bit is
+ * random, so a branch would be mispredicted half the time on new text). */
+#define PUT(hash, wt)                                                                              \
     do {                                                                                           \
         uint64_t h_ = (hash);                                                                      \
         uint32_t idx_ = (uint32_t)(((h_ >> 32) * range) >> 32);                                    \
-        h[idx_] += ((h_ >> 31) & 1) ? -(w) : (w);                                                  \
-    } while (0)
-#define END_WORD()                                                                                 \
-    do {                                                                                           \
-        uint64_t u_ = fmix64(word ^ TAG_UNI);                                                      \
-        PUT(u_, W_UNIGRAM);                                                                        \
-        if (prev != 0)                                                                             \
-            PUT(fmix64((prev * FNV_PRIME) ^ u_ ^ TAG_BI), W_BIGRAM);                               \
-        prev = u_ | 1;                                                                             \
-        in_word = 0;                                                                               \
+        h[idx_] += (wt)[(h_ >> 31) & 1];                                                           \
     } while (0)
 /* Character 3-grams: one multiply (Fibonacci hashing) of the packed bytes;
  * index and sign come from its high and middle bits. */
@@ -166,35 +176,36 @@ static void scan_text(struct acc *a, const char *text, size_t len)
         tri = ((tri << 8) | (ch)) & 0xffffffu;                                                     \
         if (__builtin_expect(tri_n < 3, 0) && ++tri_n < 3)                                         \
             break;                                                                                 \
-        PUT(((uint64_t)tri ^ TAG_CHAR) * 0x9e3779b97f4a7c15ULL, W_CHAR3);                          \
+        PUT(((uint64_t)tri ^ TAG_CHAR) * 0x9e3779b97f4a7c15ULL, WT_CHAR3);                         \
     } while (0)
 
     const struct byte_class *tab = class_tab;
-    i = 0;
-    while (i < len) {
+    size_t i = 0;
+    while (i < n) {
         struct byte_class bc = tab[p[i]];
+        counts += count_tab[p[i]];
         if (bc.cls & C_WORD) {
             /* one whole word: the hottest path */
-            in_word = 1;
             word = FNV_OFFSET;
-            do {
-                unsigned char c = bc.lower;
-                digits += (bc.cls & C_DIGIT) != 0;
-                word = (word ^ c) * FNV_PRIME;
-                STREAM(c);
-                if (++i >= len)
+            for (;;) {
+                word = (word ^ bc.lower) * FNV_PRIME;
+                STREAM(bc.lower);
+                if (++i == n)
                     break;
                 bc = tab[p[i]];
-            } while (bc.cls & C_WORD);
-            END_WORD();
+                if (!(bc.cls & C_WORD))
+                    break;
+                counts += count_tab[p[i]];
+            }
+            /* the word's unigram, and the bigram with the previous word */
+            uint64_t u = fmix64(word ^ TAG_UNI);
+            PUT(u, WT_UNIGRAM);
+            if (prev != 0)
+                PUT(fmix64((prev * FNV_PRIME) ^ u ^ TAG_BI), WT_BIGRAM);
+            prev = u | 1;
             last_space = 0;
             continue;
         }
-        if (bc.cls & C_NUL)
-            break;
-        unsigned char c = bc.lower;
-        questions += (bc.cls & C_QUESTION) != 0;
-        maths += (bc.cls & C_MATHS) != 0;
         if (bc.cls & C_BACKTICK) {
             if (++backticks == 3) {
                 fences++;
@@ -208,20 +219,17 @@ static void scan_text(struct acc *a, const char *text, size_t len)
                 STREAM(' ');
             last_space = 1;
         } else {
-            STREAM(c);
+            STREAM(bc.lower);
             last_space = 0;
         }
         i++;
     }
-    if (in_word)
-        END_WORD();
 #undef STREAM
-#undef END_WORD
 #undef PUT
-    a->bytes += i;
-    a->digits += digits;
-    a->maths += maths;
-    a->questions += questions;
+    a->bytes += n;
+    a->digits += (size_t)(counts & CNT_FIELD);
+    a->maths += (size_t)((counts >> CNT_MATHS_SHIFT) & CNT_FIELD);
+    a->questions += (size_t)(counts >> CNT_QUESTION_SHIFT);
     a->fences += fences;
 }
 
@@ -239,16 +247,16 @@ static double cap1(double v)
     return v > 1.0 ? 1.0 : v;
 }
 
+/* The dense cues, the hashed block scaled to norm text_weight, then the whole
+ * vector to norm 1. Sums run in index order, one addition at a time (the
+ * output is bit-for-bit what it was: tests/test_features.c, replays). */
 static void finish(struct acc *a, double *x, int dim, double text_weight)
 {
+    double *h = a->h;
+    const uint32_t range = a->range;
     double hn = 0.0;
-    for (uint32_t i = 0; i < a->range; i++)
-        hn += a->h[i] * a->h[i];
-    if (hn > 0.0) {
-        double s = text_weight / sqrt(hn);
-        for (uint32_t i = 0; i < a->range; i++)
-            a->h[i] *= s;
-    }
+    for (uint32_t i = 0; i < range; i++)
+        hn += h[i] * h[i];
     double nb = a->bytes > 0 ? (double)a->bytes : 1.0;
     x[0] = 1.0;
     x[D_LEN] = log1p((double)a->bytes) / 10.0;
@@ -262,11 +270,19 @@ static void finish(struct acc *a, double *x, int dim, double text_weight)
     x[D_MAX_TOKENS] = a->max_tokens > 0 ? log1p(a->max_tokens) / 10.0 : 0.0;
     x[D_ASSISTANT] = log1p((double)a->assistant) / 3.0;
     double n = 0.0;
-    for (int i = 0; i < dim; i++)
+    for (int i = 0; i < 1 + FEATURES_N_DENSE; i++)
         n += x[i] * x[i];
-    double s = 1.0 / sqrt(n); /* n >= 1: the bias is 1 */
+    /* scale the hashed block and go on with the norm in the same pass (an
+     * all-zero block is left as it is: v·1 = v) */
+    double s = hn > 0.0 ? text_weight / sqrt(hn) : 1.0;
+    for (uint32_t i = 0; i < range; i++) {
+        double v = h[i] * s;
+        h[i] = v;
+        n += v * v;
+    }
+    double t = 1.0 / sqrt(n); /* n >= 1: the bias is 1 */
     for (int i = 0; i < dim; i++)
-        x[i] *= s;
+        x[i] *= t;
 }
 
 static int tw_ok(double w)

@@ -285,6 +285,7 @@ static double quad_packed_generic(const float *P, const float *x, int d)
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define HAVE_AVX2_KERNEL 1
 
@@ -478,23 +479,25 @@ __attribute__((target("avx2,fma,f16c"))) static double quad_half_f16c(const uint
     return 2.0 * (((double)v[0] + (double)v[1]) + ((double)v[2] + (double)v[3]));
 }
 
-static int half_supported(void)
-{
-    static int have = -1; /* benign race: every thread computes the same value */
-    if (have < 0) {
-        __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
-    }
-    return have;
-}
-
 static int avx2_supported(void)
 {
     static int have = -1; /* benign race: every thread computes the same value */
     if (have < 0) {
         __builtin_cpu_init();
         have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return have;
+}
+
+/* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does
+ * not know "f16c". AVX2 being usable implies the OS saves the AVX state. */
+static int half_supported(void)
+{
+    static int have = -1; /* benign race: every thread computes the same value */
+    if (have < 0) {
+        unsigned int eax, ebx, ecx = 0, edx;
+        int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
+        have = avx2_supported() && f16c;
     }
     return have;
 }
@@ -519,64 +522,40 @@ static void refresh_half(linucb *m)
 static double quad_packed(const float *P, const float *x, int d)
 {
 #ifdef HAVE_AVX2_KERNEL
-    static int have = -1; /* benign race: every thread computes the same value */
-    if (have < 0) {
-        __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    if (have)
+    if (avx2_supported())
         return quad_packed_avx2(P, x, d);
 #endif
     return quad_packed_generic(P, x, d);
 }
 
-/* θᵀx (returned) and xs = (float)x; with cs/l1 also Σ hsd_i·|xs_i| and Σ|xs_i|
- * (for the half-precision error bound, rounded up by 1e-5 relative). The sum
- * order is fixed (four lanes, then pairwise), the same for both score paths. */
-static double prologue_generic(const linucb *m, const double *x, double *cs, double *l1)
+/* θᵀx (returned) and xs = (float)x. The sum order is fixed (four lanes, then
+ * pairwise), the same for both score paths, so their means are identical. */
+static double prologue_generic(const linucb *m, const double *x)
 {
     int d = m->d, i = 0;
-    double t[4] = {0, 0, 0, 0}, c = 0.0, l = 0.0;
+    double t[4] = {0, 0, 0, 0};
     for (; i + 4 <= d; i += 4)
         for (int k = 0; k < 4; k++)
             t[k] += m->theta[i + k] * x[i + k];
     double dot = (t[0] + t[2]) + (t[1] + t[3]);
     for (; i < d; i++)
         dot += m->theta[i] * x[i];
-    for (i = 0; i < d; i++) {
+    for (i = 0; i < d; i++)
         m->xs[i] = (float)x[i];
-        if (cs != NULL) {
-            c += (double)m->hsd[i] * fabs((double)m->xs[i]);
-            l += fabs((double)m->xs[i]);
-        }
-    }
-    if (cs != NULL) {
-        *cs = c * (1.0 + 1e-5);
-        *l1 = l * (1.0 + 1e-5);
-    }
     return dot;
 }
 
 #ifdef HAVE_AVX2_KERNEL
-__attribute__((target("avx2,fma"))) static double prologue_avx2(const linucb *m, const double *x,
-                                                                double *cs, double *l1)
+/* θᵀx in the same per-lane order as prologue_generic: lane k sums i+k, i+4+k,
+ * ..., then (lane 0 + lane 2) + (lane 1 + lane 3), then the tail. */
+__attribute__((target("avx2,fma"))) static double theta_dot_avx2(const linucb *m, const double *x)
 {
     int d = m->d, i = 0;
     __m256d t = _mm256_setzero_pd();
-    __m256 c = _mm256_setzero_ps(), l = _mm256_setzero_ps();
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (; i + 8 <= d; i += 8) {
-        __m256d x0 = _mm256_loadu_pd(x + i), x1 = _mm256_loadu_pd(x + i + 4);
-        /* the same per-lane order as prologue_generic: lane k sums i+k, i+4+k, ... */
-        t = _mm256_add_pd(t, _mm256_mul_pd(_mm256_loadu_pd(m->theta + i), x0));
-        t = _mm256_add_pd(t, _mm256_mul_pd(_mm256_loadu_pd(m->theta + i + 4), x1));
-        __m256 xf = _mm256_set_m128(_mm256_cvtpd_ps(x1), _mm256_cvtpd_ps(x0));
-        _mm256_storeu_ps(m->xs + i, xf);
-        if (cs != NULL) {
-            __m256 a = _mm256_and_ps(xf, absmask);
-            c = _mm256_fmadd_ps(_mm256_loadu_ps(m->hsd + i), a, c);
-            l = _mm256_add_ps(l, a);
-        }
+        t = _mm256_add_pd(t, _mm256_mul_pd(_mm256_loadu_pd(m->theta + i), _mm256_loadu_pd(x + i)));
+        t = _mm256_add_pd(
+            t, _mm256_mul_pd(_mm256_loadu_pd(m->theta + i + 4), _mm256_loadu_pd(x + i + 4)));
     }
     double v[4];
     _mm256_storeu_pd(v, t);
@@ -588,45 +567,77 @@ __attribute__((target("avx2,fma"))) static double prologue_avx2(const linucb *m,
     }
     for (; i < d; i++)
         dot += m->theta[i] * x[i];
-    if (cs != NULL) {
-        float cv[8], lv[8];
-        _mm256_storeu_ps(cv, c);
-        _mm256_storeu_ps(lv, l);
-        double cc = 0.0, ll = 0.0;
-        for (int k = 0; k < 8; k++) {
-            cc += cv[k];
-            ll += lv[k];
-        }
-        for (int j = d - d % 8; j < d; j++) {
-            m->xs[j] = (float)x[j];
-            cc += (double)m->hsd[j] * fabs((double)m->xs[j]);
-            ll += fabs((double)m->xs[j]);
-        }
-        /* single-precision partial sums of <= d/8 terms: 1e-5 covers them */
-        *cs = cc * (1.0 + 1e-5);
-        *l1 = ll * (1.0 + 1e-5);
-    } else {
-        for (int j = d - d % 8; j < d; j++)
-            m->xs[j] = (float)x[j];
+    return dot;
+}
+
+/* xs = (float)x; returns Σ|xs_i| (eight single-precision lanes summed in
+ * order, then the tail in double), the l1 of the error bound. */
+__attribute__((target("avx2,fma"))) static double convert_x_avx2(float *xs, const double *x, int d)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 l = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= d; i += 8) {
+        __m128 lo = _mm256_cvtpd_ps(_mm256_loadu_pd(x + i));
+        __m128 hi = _mm256_cvtpd_ps(_mm256_loadu_pd(x + i + 4));
+        __m256 xf = _mm256_set_m128(hi, lo);
+        _mm256_storeu_ps(xs + i, xf);
+        l = _mm256_add_ps(l, _mm256_and_ps(xf, absmask));
     }
+    float lv[8];
+    _mm256_storeu_ps(lv, l);
+    double ll = 0.0;
+    for (int k = 0; k < 8; k++)
+        ll += lv[k];
+    for (; i < d; i++) {
+        xs[i] = (float)x[i];
+        ll += fabs((double)xs[i]);
+    }
+    return ll;
+}
+
+/* Σ hsd_i·|xs_i| in the same order as convert_x_avx2's sum. */
+__attribute__((target("avx2,fma"))) static double hsd_sum_avx2(const float *hsd, const float *xs,
+                                                               int d)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 c = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= d; i += 8)
+        c = _mm256_fmadd_ps(_mm256_loadu_ps(hsd + i),
+                            _mm256_and_ps(_mm256_loadu_ps(xs + i), absmask), c);
+    float cv[8];
+    _mm256_storeu_ps(cv, c);
+    double cc = 0.0;
+    for (int k = 0; k < 8; k++)
+        cc += cv[k];
+    for (; i < d; i++)
+        cc += (double)hsd[i] * fabs((double)xs[i]);
+    return cc;
+}
+
+__attribute__((target("avx2,fma"))) static double prologue_avx2(const linucb *m, const double *x)
+{
+    double dot = theta_dot_avx2(m, x);
+    convert_x_avx2(m->xs, x, m->d);
     return dot;
 }
 #endif
 
-static double prologue(const linucb *m, const double *x, double *cs, double *l1)
+static double prologue(const linucb *m, const double *x)
 {
 #ifdef HAVE_AVX2_KERNEL
     if (avx2_supported())
-        return prologue_avx2(m, x, cs, l1);
+        return prologue_avx2(m, x);
 #endif
-    return prologue_generic(m, x, cs, l1);
+    return prologue_generic(m, x);
 }
 
 void linucb_score(const linucb *m, const double *x, double *mean, double *width)
 {
     assert(m != NULL && x != NULL);
     int d = m->d;
-    double dot = prologue(m, x, NULL, NULL);
+    double dot = prologue(m, x);
     if (mean != NULL)
         *mean = m->mu0 + dot;
     if (width != NULL) {
@@ -635,27 +646,53 @@ void linucb_score(const linucb *m, const double *x, double *mean, double *width)
     }
 }
 
+#ifdef HAVE_AVX2_KERNEL
+/* One model's half-precision score on xs = (float)x (zero-padded to dp), with
+ * l1 = Σ|xs_i| rounded up: see linucb_score_approx. */
+static void score_half(const linucb *m, const double *x, const float *xs, double l1, double *mean,
+                       double *width, double *qerr)
+{
+    *mean = m->mu0 + theta_dot_avx2(m, x);
+    /* single-precision partial sums of <= d/8 terms: 1e-5 covers them */
+    double cs = hsd_sum_avx2(m->hsd, xs, m->d) * (1.0 + 1e-5);
+    double q = quad_half_f16c(m->H, xs, m->dp) * m->hinv;
+    *width = sqrt(q > 0.0 ? q : 0.0);
+    /* |H̃ − H| <= 2^-11·|H| per normal half (|H_ij| <= sqrt(H_ii·H_jj) as H is
+     * PSD, so Σ|H_ij||x_i||x_j| <= cs²), <= 2^-25 absolute for subnormals;
+     * 2^-14·cs² covers the single-precision sums and x's rounding (and the
+     * exact kernel's own rounding, so the interval also holds its value). */
+    *qerr = ((0x1p-11 + 0x1p-14) * cs * cs + 0x1p-24 * l1 * l1) * m->hinv;
+}
+#endif
+
+void linucb_score_approx_many(const linucb *const *ms, int n, const double *x, double *mean,
+                              double *width, double *qerr)
+{
+    assert(n >= 0 &&
+           (n == 0 || (ms != NULL && x != NULL && mean != NULL && width != NULL && qerr != NULL)));
+#ifdef HAVE_AVX2_KERNEL
+    if (n > 0 && ms[0]->H != NULL) { /* then every model has H (half_supported) */
+        /* x converted once, into the first model's scratch */
+        float *xs = ms[0]->xs;
+        double l1 = convert_x_avx2(xs, x, ms[0]->d) * (1.0 + 1e-5);
+        for (int k = 0; k < n; k++) {
+            assert(ms[k]->d == ms[0]->d);
+            score_half(ms[k], x, xs, l1, &mean[k], &width[k], &qerr[k]);
+        }
+        return;
+    }
+#endif
+    for (int k = 0; k < n; k++) {
+        linucb_score(ms[k], x, &mean[k], &width[k]);
+        qerr[k] = 0.0;
+    }
+}
+
 void linucb_score_approx(const linucb *m, const double *x, double *mean, double *width,
                          double *qerr)
 {
     assert(m != NULL && x != NULL && mean != NULL && width != NULL && qerr != NULL);
-#ifdef HAVE_AVX2_KERNEL
-    if (m->H != NULL) {
-        double cs, l1;
-        double dot = prologue(m, x, &cs, &l1);
-        *mean = m->mu0 + dot;
-        double q = quad_half_f16c(m->H, m->xs, m->dp) * m->hinv;
-        *width = sqrt(q > 0.0 ? q : 0.0);
-        /* |H̃ − H| <= 2^-11·|H| per normal half (|H_ij| <= sqrt(H_ii·H_jj) as H is
-         * PSD, so Σ|H_ij||x_i||x_j| <= cs²), <= 2^-25 absolute for subnormals;
-         * 2^-14·cs² covers the single-precision sums and x's rounding (and the
-         * exact kernel's own rounding, so the interval also holds its value). */
-        *qerr = ((0x1p-11 + 0x1p-14) * cs * cs + 0x1p-24 * l1 * l1) * m->hinv;
-        return;
-    }
-#endif
-    linucb_score(m, x, mean, width);
-    *qerr = 0.0;
+    linucb_score_approx_many(&m, 1, x, mean, width, qerr);
 }
 
 int linucb_dim(const linucb *m)

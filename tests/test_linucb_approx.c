@@ -177,6 +177,52 @@ START_TEST(router_argmax_is_exact)
 }
 END_TEST
 
+/* linucb_score_approx_many (one x, several models, x converted once) gives
+ * bit-for-bit what linucb_score_approx gives model by model, whatever the
+ * order of the models and the dimension (padded or not). */
+START_TEST(many_equals_one_by_one)
+{
+    static const int dims[] = {8, 13, 61, 256};
+    for (size_t k = 0; k < sizeof(dims) / sizeof(dims[0]); k++) {
+        int d = dims[k];
+        struct util_rng rng;
+        util_rng_seed(&rng, (uint64_t)(77 + d));
+        enum { N = 5 };
+        linucb *m[N];
+        const linucb *ms[N];
+        double *x = malloc(sizeof(double) * (size_t)d);
+        ck_assert_ptr_nonnull(x);
+        for (int a = 0; a < N; a++) {
+            m[a] = linucb_create(d, 1.0, 1.0, 1.0, 50);
+            ck_assert_ptr_nonnull(m[a]);
+            for (int t = 0; t < 10 * (a + 1); t++) {
+                random_unit(&rng, x, d, 3.0);
+                ck_assert_int_eq(linucb_update(m[a], x, util_rng_uniform(&rng)), BD_OK);
+            }
+            ms[N - 1 - a] = m[a]; /* reversed: the scratch comes from another model */
+        }
+        for (int t = 0; t < 20; t++) {
+            random_unit(&rng, x, d, t % 2 ? 10.0 : 1.0);
+            double mean[N], width[N], qerr[N];
+            linucb_score_approx_many(ms, N, x, mean, width, qerr);
+            for (int a = 0; a < N; a++) {
+                double me, we, qe;
+                linucb_score_approx(ms[a], x, &me, &we, &qe);
+                ck_assert_msg(memcmp(&me, &mean[a], sizeof me) == 0 &&
+                                  memcmp(&we, &width[a], sizeof we) == 0 &&
+                                  memcmp(&qe, &qerr[a], sizeof qe) == 0,
+                              "d=%d model %d: many (%.17g, %.17g, %.17g) != one (%.17g, %.17g, "
+                              "%.17g)",
+                              d, a, mean[a], width[a], qerr[a], me, we, qe);
+            }
+        }
+        for (int a = 0; a < N; a++)
+            linucb_destroy(m[a]);
+        free(x);
+    }
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("linucb_approx");
@@ -185,6 +231,7 @@ static Suite *suite(void)
     tcase_add_test(tc, approx_within_bound);
     tcase_add_test(tc, approx_follows_state_changes);
     tcase_add_test(tc, router_argmax_is_exact);
+    tcase_add_test(tc, many_equals_one_by_one);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -30,6 +30,11 @@ void linucb_score(const linucb *m, const double *x, double *mean, double *width)
  * exact path ran. All outputs required. */
 void linucb_score_approx(const linucb *m, const double *x, double *mean, double *width,
                          double *qerr);
+/* linucb_score_approx of n models of the same dimension on one x (a
+ * decision): x is converted once. mean, width and qerr have n entries; each
+ * is bit-for-bit what linucb_score_approx gives for that model. */
+void linucb_score_approx_many(const linucb *const *ms, int n, const double *x, double *mean,
+                              double *width, double *qerr);
 
 /* Re-derive A⁻¹ and θ from A and b (Cholesky). 0 or BD_ERR_NUMERIC. */
 int linucb_refactor(linucb *m);
