@@ -488,19 +488,11 @@ static int parse_profiles(struct ctx *c, const cJSON *obj, struct config_router 
 
 static int parse_router(struct ctx *c, const cJSON *root, struct config_router *r)
 {
-    static const char *const fields[] = {"policy",
-                                         "alpha",
-                                         "lambda",
-                                         "mu0",
-                                         "dim",
-                                         "forgetting",
-                                         "text_weight",
-                                         "thompson_v",
-                                         "seed",
-                                         "refactor_every",
-                                         "default_preference",
-                                         "profiles",
-                                         NULL};
+    static const char *const fields[] = {
+        "policy",     "alpha", "alpha_base",     "lambda",
+        "mu0",        "dim",   "forgetting",     "text_weight",
+        "thompson_v", "seed",  "refactor_every", "default_preference",
+        "profiles",   NULL};
     const cJSON *o;
     int rc = get_object(c, root, "router", "", &o);
     if (rc)
@@ -518,6 +510,8 @@ static int parse_router(struct ctx *c, const cJSON *root, struct config_router *
             snprintf(policy, sizeof policy, "%s", pv->valuestring);
         r->policy = strcmp(policy, "thompson") == 0 ? CONFIG_POLICY_THOMPSON : CONFIG_POLICY_LINUCB;
         if ((rc = get_number(c, o, "alpha", "router", &r->alpha, 0, 0, 1e6, 0, ">= 0", 0)) ||
+            (rc = get_number(c, o, "alpha_base", "router", &r->alpha_base, 0, 0, 1e6, 0, ">= 0",
+                             0)) ||
             (rc = get_number(c, o, "lambda", "router", &r->lambda, 0, 1, 1e12, 0, "> 0", 0)) ||
             (rc = get_number(c, o, "mu0", "router", &r->mu0, -1e6, 0, 1e6, 0, "in [-1e6, 1e6]",
                              0)) ||
@@ -728,6 +722,7 @@ static void fill_defaults(struct config *cfg)
     struct config_router *r = &cfg->router;
     r->policy = CONFIG_POLICY_LINUCB;
     r->alpha = 0.1;
+    r->alpha_base = 0.0;
     r->lambda = 1.0;
     r->mu0 = 1.0;
     r->dim = 256;

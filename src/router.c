@@ -1,7 +1,8 @@
 /* router — preference-conditioned arm choice (see router.h, docs/router.md).
  *
  * score_a = w_q·Q_a − w_c·ĉ_a/C̄ − w_l·l̂_a/L̄
- *   Q_a   LinUCB: mean + α·width; Thompson: mean + v·width·z, z ~ N(0,1)
+ *   Q_a   LinUCB: mean + α·width + α_b·|x₀|·sqrt([A⁻¹]₀₀) (ucb_quality);
+ *         Thompson: mean + v·width·z, z ~ N(0,1)
  *         (the exact posterior sample of θᵀx for θ ~ N(θ̂, v²A⁻¹) at one x).
  *   ĉ_a   (prompt_tokens·price_in + Ê_a·price_out)/1e6 USD, Ê_a the mean of
  *         observed completion tokens shrunk toward a prior of 256 tokens with
@@ -40,7 +41,7 @@ struct arm {
 struct router {
     int n_arms, dim;
     enum config_policy policy;
-    double alpha, thompson_v;
+    double alpha, alpha_base, thompson_v;
     struct util_rng rng;
     double cbar, lbar; /* running means of per-request maxima */
     double cbar_n, lbar_n;
@@ -56,8 +57,8 @@ router *router_create(const struct config *cfg)
     if (cfg == NULL || cfg->n_arms < 1 || cfg->n_arms > ROUTER_MAX_ARMS)
         return NULL;
     const struct config_router *rc = &cfg->router;
-    if (rc->dim < 1 || !isfinite(rc->alpha) || rc->alpha < 0 || !isfinite(rc->thompson_v) ||
-        rc->thompson_v < 0 ||
+    if (rc->dim < 1 || !isfinite(rc->alpha) || rc->alpha < 0 || !isfinite(rc->alpha_base) ||
+        rc->alpha_base < 0 || !isfinite(rc->thompson_v) || rc->thompson_v < 0 ||
         (rc->policy != CONFIG_POLICY_LINUCB && rc->policy != CONFIG_POLICY_THOMPSON))
         return NULL;
     router *r = calloc(1, sizeof(*r));
@@ -67,6 +68,7 @@ router *router_create(const struct config *cfg)
     r->dim = rc->dim;
     r->policy = rc->policy;
     r->alpha = rc->alpha;
+    r->alpha_base = rc->alpha_base;
     r->thompson_v = rc->thompson_v;
     util_rng_seed(&r->rng, (uint64_t)rc->seed);
     for (int i = 0; i < r->n_arms; i++) {
@@ -125,6 +127,23 @@ static void running_mean(double *mean, double *n, double v)
     *mean += w * (v - *mean);
 }
 
+/* The LinUCB quality term Q_a = mean + α·width + α_b·|x₀|·sqrt([A⁻¹]₀₀)
+ * (router.alpha_base = α_b, default 0: off). The last term is the posterior
+ * width of the arm's base rate alone (the bias coefficient's share of the
+ * prediction). The hashed text keeps the full width near the text block's
+ * norm for every arm however often it is pulled (most prompts bring words the
+ * arm has not seen), so α must stay small; the base rate's width shrinks like
+ * 1/sqrt(pulls): count-based optimism that brings back an arm whose base rate
+ * rests on a few bad answers (docs/router.md, "Lock-in and router.alpha_base"). */
+static double ucb_quality(const router *r, int arm, const double *x, double mean, double width)
+{
+    if (r->alpha_base == 0.0)
+        return mean + r->alpha * width;
+    double a00 = linucb_Ainv(r->arms[arm].m)[0];
+    double base = a00 > 0.0 ? fabs(x[0]) * sqrt(a00) : 0.0;
+    return mean + r->alpha * width + r->alpha_base * base;
+}
+
 /* Is a better than b (higher score, ties to the lower index)? */
 static int better(const struct router_decision *out, int a, int b)
 {
@@ -172,7 +191,7 @@ static void refine_widths(router *r, const double *x, const struct pref_weights 
         struct router_arm_score *s = &out->s[i];
         double old = s->width;
         linucb_score(r->arms[i].m, x, &s->mean, &s->width);
-        s->quality = s->mean + r->alpha * s->width;
+        s->quality = ucb_quality(r, i, x, s->mean, s->width);
         s->score += k * (s->width - old);
     }
 }
@@ -192,7 +211,7 @@ static void tolerance_scores(router *r, const double *x, const struct pref_weigh
         struct router_arm_score *s = &out->s[i];
         if (qerr[i] > 0.0 && r->policy != CONFIG_POLICY_THOMPSON) {
             linucb_score(r->arms[i].m, x, &s->mean, &s->width);
-            s->quality = s->mean + r->alpha * s->width;
+            s->quality = ucb_quality(r, i, x, s->mean, s->width);
         }
         if (s->quality > qmax)
             qmax = s->quality;
@@ -217,9 +236,29 @@ int router_decide(router *r, const double *x, const struct pref_weights *w, long
     double cmax = 0.0, lmax = 0.0;
     double qerr[ROUTER_MAX_ARMS];
     memset(out, 0, sizeof(*out));
-    for (int i = 0; i < r->n_arms; i++) {
-        if (healthy != NULL && !healthy[i] && i != pinned)
-            continue;
+    for (int i = 0; i < r->n_arms; i++)
+        if (healthy == NULL || healthy[i] || i == pinned)
+            out->order[n++] = i;
+    if (n == 0)
+        return BD_ERR_NOTFOUND;
+    if (r->policy != CONFIG_POLICY_THOMPSON) {
+        /* half-precision widths first (half the memory traffic: 8 arms at
+         * d=256 stream 0.5 MiB instead of 1 MiB), all arms in one call (x is
+         * converted once); refined below */
+        const linucb *ms[ROUTER_MAX_ARMS] = {0};
+        double mean[ROUTER_MAX_ARMS], width[ROUTER_MAX_ARMS], qe[ROUTER_MAX_ARMS];
+        for (int k = 0; k < n; k++)
+            ms[k] = r->arms[out->order[k]].m;
+        linucb_score_approx_many(ms, n, x, mean, width, qe);
+        for (int k = 0; k < n; k++) {
+            int i = out->order[k];
+            out->s[i].mean = mean[k];
+            out->s[i].width = width[k];
+            qerr[i] = qe[k];
+        }
+    }
+    for (int k = 0; k < n; k++) {
+        int i = out->order[k];
         struct arm *a = &r->arms[i];
         struct router_arm_score *s = &out->s[i];
         if (r->policy == CONFIG_POLICY_THOMPSON) {
@@ -227,10 +266,7 @@ int router_decide(router *r, const double *x, const struct pref_weights *w, long
             qerr[i] = 0.0;
             s->quality = s->mean + r->thompson_v * s->width * util_rng_normal(&r->rng);
         } else {
-            /* half-precision widths first (half the memory traffic: 8 arms at
-             * d=256 stream 0.5 MiB instead of 1 MiB); refined below */
-            linucb_score_approx(a->m, x, &s->mean, &s->width, &qerr[i]);
-            s->quality = s->mean + r->alpha * s->width;
+            s->quality = ucb_quality(r, i, x, s->mean, s->width);
         }
         s->cost = predicted_cost(a, prompt_tokens);
         s->latency = a->st.latency_ms;
@@ -240,10 +276,7 @@ int router_decide(router *r, const double *x, const struct pref_weights *w, long
             if (s->latency > lmax)
                 lmax = s->latency;
         }
-        out->order[n++] = i;
     }
-    if (n == 0)
-        return BD_ERR_NOTFOUND;
     running_mean(&r->cbar, &r->cbar_n, cmax);
     running_mean(&r->lbar, &r->lbar_n, lmax);
     for (int k = 0; k < n; k++) {
@@ -384,7 +417,8 @@ int router_reconfigure(router *r, const struct config *cfg, int *map)
     assert(r != NULL && cfg != NULL);
     const struct config_router *rc = &cfg->router;
     if (cfg->n_arms < 1 || cfg->n_arms > ROUTER_MAX_ARMS || rc->dim != r->dim ||
-        !isfinite(rc->alpha) || rc->alpha < 0 || !isfinite(rc->thompson_v) || rc->thompson_v < 0 ||
+        !isfinite(rc->alpha) || rc->alpha < 0 || !isfinite(rc->alpha_base) || rc->alpha_base < 0 ||
+        !isfinite(rc->thompson_v) || rc->thompson_v < 0 ||
         (rc->policy != CONFIG_POLICY_LINUCB && rc->policy != CONFIG_POLICY_THOMPSON))
         return BD_ERR_INVALID;
     int n = (int)cfg->n_arms;
@@ -463,6 +497,7 @@ int router_reconfigure(router *r, const struct config *cfg, int *map)
     r->n_arms = n;
     r->policy = rc->policy;
     r->alpha = rc->alpha;
+    r->alpha_base = rc->alpha_base;
     r->thompson_v = rc->thompson_v;
     return BD_OK;
 invalid:

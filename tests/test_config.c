@@ -25,9 +25,10 @@
  * the padding of struct pref_weights, which struct assignment leaves undefined). */
 static int router_eq(const struct config_router *a, const struct config_router *b)
 {
-    if (a->policy != b->policy || a->alpha != b->alpha || a->lambda != b->lambda ||
-        a->mu0 != b->mu0 || a->dim != b->dim || a->forgetting != b->forgetting ||
-        a->text_weight != b->text_weight || a->thompson_v != b->thompson_v || a->seed != b->seed ||
+    if (a->policy != b->policy || a->alpha != b->alpha || a->alpha_base != b->alpha_base ||
+        a->lambda != b->lambda || a->mu0 != b->mu0 || a->dim != b->dim ||
+        a->forgetting != b->forgetting || a->text_weight != b->text_weight ||
+        a->thompson_v != b->thompson_v || a->seed != b->seed ||
         a->refactor_every != b->refactor_every || a->n_profiles != b->n_profiles ||
         strcmp(a->default_preference, b->default_preference) != 0)
         return 0;
@@ -103,6 +104,7 @@ START_TEST(test_defaults)
     ck_assert_str_eq(cfg->aliases[0], "auto");
     ck_assert_int_eq(cfg->router.policy, CONFIG_POLICY_LINUCB);
     ck_assert(cfg->router.alpha == 0.1 && cfg->router.lambda == 1.0 && cfg->router.mu0 == 1.0);
+    ck_assert(cfg->router.alpha_base == 0.0);
     ck_assert_int_eq(cfg->router.dim, 256);
     ck_assert(cfg->router.forgetting == 1.0 && cfg->router.thompson_v == 0.1);
     ck_assert(cfg->router.text_weight == 0.5);
@@ -176,7 +178,8 @@ START_TEST(test_full)
         "  {\"name\":\"cheap.v2:q4\",\"base_url\":\"HTTP://10.0.0.2:8000\",\"model\":\"small\","
         "\"price_in_per_mtok\":0,\"price_out_per_mtok\":0.2}],\n"
         " \"aliases\":[\"auto\",\"router\"],\n"
-        " \"router\":{\"policy\":\"thompson\",\"alpha\":0.05,\"lambda\":2.5,\"mu0\":0.5,"
+        " \"router\":{\"policy\":\"thompson\",\"alpha\":0.05,\"alpha_base\":0.8,\"lambda\":2.5,"
+        "\"mu0\":0.5,"
         "\"dim\":1024,\"forgetting\":0.99,\"text_weight\":1.0,\"thompson_v\":0.3,\"seed\":12345,"
         "\"refactor_every\":50,\"default_preference\":\"quality=1,latency=1\","
         "\"profiles\":{\"cheap\":0.1,\"fast\":{\"quality\":2e-1,\"latency\":0.6},"
@@ -208,7 +211,7 @@ START_TEST(test_full)
     ck_assert_str_eq(cfg->aliases[1], "router");
     const struct config_router *r = &cfg->router;
     ck_assert_int_eq(r->policy, CONFIG_POLICY_THOMPSON);
-    ck_assert(r->alpha == 0.05 && r->lambda == 2.5 && r->mu0 == 0.5);
+    ck_assert(r->alpha == 0.05 && r->alpha_base == 0.8 && r->lambda == 2.5 && r->mu0 == 0.5);
     ck_assert_int_eq(r->dim, 1024);
     ck_assert(r->forgetting == 0.99 && r->thompson_v == 0.3 && r->text_weight == 1.0);
     ck_assert_uint_eq(r->seed, 12345);
@@ -335,6 +338,7 @@ START_TEST(test_field_errors)
     parse_bad(with("\"router\":{\"policy\":\"ucb\"}"), "router.policy", "linucb");
     parse_bad(with("\"router\":{\"policy\":1}"), "router.policy", NULL);
     parse_bad(with("\"router\":{\"alpha\":-0.1}"), "router.alpha", ">= 0");
+    parse_bad(with("\"router\":{\"alpha_base\":-1}"), "router.alpha_base", ">= 0");
     parse_bad(with("\"router\":{\"lambda\":0}"), "router.lambda", "> 0");
     parse_bad(with("\"router\":{\"mu0\":true}"), "router.mu0", NULL);
     parse_bad(with("\"router\":{\"dim\":15}"), "router.dim", "[16, 4096]");

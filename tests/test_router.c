@@ -394,6 +394,49 @@ START_TEST(test_prior_quality)
 }
 END_TEST
 
+/* router.alpha_base: an arm whose base rate rests on a few bad answers in one
+ * context (arm 0: 4 rewards of 0.1 at x_a) is retried in another context
+ * (x_b) against a well-known arm (arm 1: 200 rewards of 0.9 on random
+ * contexts) only with the base-rate bonus. Numbers (worked by hand, λ = 1):
+ * arm 0 at x_b has mean 0.54, width 0.82, base width 0.8·sqrt(0.488) = 0.56;
+ * arm 1 mean ≈ 0.9 with small widths, so Q0 ≈ 0.62 < Q1 ≈ 0.92 at α_b = 0
+ * and Q0 ≈ 1.07 > Q1 ≈ 0.99 at α_b = 0.8. The quality term is checked
+ * against its formula. */
+START_TEST(test_alpha_base)
+{
+    int first[2];
+    for (int k = 0; k < 2; k++) {
+        struct config *cfg = make_cfg(2, 16, CONFIG_POLICY_LINUCB);
+        cfg->router.alpha_base = k ? 0.8 : 0.0;
+        router *r = router_create(cfg);
+        ck_assert_ptr_nonnull(r);
+        double xa[16] = {0.8, 0.6}, xb[16] = {0.8, 0.0, 0.6}, x[16];
+        for (int t = 0; t < 4; t++)
+            ck_assert_int_eq(router_feedback(r, 0, xa, 0.1), BD_OK);
+        struct util_rng rng;
+        util_rng_seed(&rng, 5);
+        for (int t = 0; t < 200; t++) {
+            context(&rng, x, 16);
+            ck_assert_int_eq(router_feedback(r, 1, x, 0.9), BD_OK);
+        }
+        struct router_decision dec;
+        ck_assert_int_eq(router_decide(r, xb, &QUALITY_ONLY, 10, NULL, -1, &dec), BD_OK);
+        for (int a = 0; a < 2; a++) {
+            const struct router_arm_score *s = &dec.s[a];
+            double base = 0.8 * sqrt(linucb_Ainv(router_model(r, a))[0]);
+            double want = s->mean + 0.1 * s->width + cfg->router.alpha_base * base;
+            ck_assert_double_eq_tol(s->quality, want, 1e-9);
+        }
+        ck_assert_double_eq_tol(dec.s[0].mean, 0.539, 2e-3);
+        first[k] = dec.order[0];
+        router_destroy(r);
+        free(cfg);
+    }
+    ck_assert_int_eq(first[0], 1);
+    ck_assert_int_eq(first[1], 0);
+}
+END_TEST
+
 /* The tolerance form: the cheapest arm whose quality term is within the
  * tolerance (relative) of the best arm's. Bias-only x: mean = prior and
  * width = 1/sqrt(λ) = 1 exactly, so Q = prior + α = 1.00, 0.98, 0.80. */
@@ -491,6 +534,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_feedback_validation);
     tcase_add_test(tc, test_cost_and_latency_models);
     tcase_add_test(tc, test_prior_quality);
+    tcase_add_test(tc, test_alpha_base);
     tcase_add_test(tc, test_tolerance_choice);
     tcase_add_test(tc, test_create_invalid);
     tcase_add_test(tc, test_thompson_seeded);

@@ -35,6 +35,7 @@ struct config_arm {
 struct config_router {
     enum config_policy policy; /* "linucb" (default) | "thompson" */
     double alpha;              /* UCB width factor, default 0.1 */
+    double alpha_base;         /* UCB factor on the base rate's width, default 0.0 */
     double lambda;             /* ridge, default 1.0 */
     double mu0;                /* optimistic offset, default 1.0 */
     int dim;                   /* feature dimension, default 256 (16..4096) */

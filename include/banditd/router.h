@@ -89,7 +89,7 @@ linucb *router_model_mut(router *r, int arm);
  *   then gets that arm's learned state back.
  * - A removed arm is retired: kept by name (at most ROUTER_MAX_ARMS retired
  *   arms, the oldest is dropped first), no longer scored.
- * - policy, alpha and thompson_v are updated. lambda, mu0, forgetting and
+ * - policy, alpha, alpha_base and thompson_v are updated. lambda, mu0, forgetting and
  *   refactor_every only apply to arms created from now on.
  * map (may be NULL) receives, for each OLD arm index i < the old
  * router_n_arms, its new index or -1 (removed): size it ROUTER_MAX_ARMS.
