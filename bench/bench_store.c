@@ -124,7 +124,7 @@ int main(void)
     snprintf(path, sizeof path, "%s/state.db", tmpl);
     store *s = NULL;
     char err[512];
-    if (store_open(path, DIM, 0, wake, NULL, 1024, &s, err, sizeof err) != 0) {
+    if (store_open(path, DIM, 0.5, 0, wake, NULL, 1024, &s, err, sizeof err) != 0) {
         fprintf(stderr, "store_open: %s\n", err);
         return 1;
     }

@@ -204,8 +204,8 @@ int state_open(const struct config *cfg, router *rt, decisions *ds, unsigned fla
     s->rt = rt;
     s->ds = ds;
     size_t qcap = cfg->store.queue_cap > 0 ? (size_t)cfg->store.queue_cap : 4096;
-    int rc = store_open(cfg->store.path, router_dim(rt), flags, wake, wake_ud, qcap, &s->st, err,
-                        errlen);
+    int rc = store_open(cfg->store.path, router_dim(rt), cfg->router.text_weight, flags, wake,
+                        wake_ud, qcap, &s->st, err, errlen);
     if (rc != BD_OK) {
         free(s);
         return rc;

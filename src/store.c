@@ -403,7 +403,7 @@ static void dir_of(const char *path, char *out, size_t outlen)
 
 /* Build a fresh database in a temporary file next to path, then rename it
  * into place: a database at path is therefore always fully initialised. */
-static int create_fresh(const char *path, int dim, char *err, size_t errlen)
+static int create_fresh(const char *path, int dim, double text_weight, char *err, size_t errlen)
 {
     size_t plen = strlen(path);
     char *tmp = malloc(plen + 32);
@@ -429,9 +429,9 @@ static int create_fresh(const char *path, int dim, char *err, size_t errlen)
         goto out;
     snprintf(sql, sizeof sql,
              "INSERT INTO meta VALUES('schema_version','%d'); INSERT INTO meta "
-             "VALUES('dim','%d'); INSERT INTO meta VALUES('created', "
-             "strftime('%%Y-%%m-%%dT%%H:%%M:%%SZ','now')); COMMIT;",
-             STORE_SCHEMA_VERSION, dim);
+             "VALUES('dim','%d'); INSERT INTO meta VALUES('text_weight','%.17g'); INSERT INTO "
+             "meta VALUES('created', strftime('%%Y-%%m-%%dT%%H:%%M:%%SZ','now')); COMMIT;",
+             STORE_SCHEMA_VERSION, dim, text_weight);
     if ((r = exec_sql(db, sql, err, errlen)))
         goto out;
     rc = sqlite3_close(db); /* checkpoints and removes tmp's -wal */
@@ -464,8 +464,20 @@ out:
     return r;
 }
 
-/* Checks an opened existing database without writing to it. */
-static int validate(sqlite3 *db, const char *path, int dim, int *version, char *err, size_t errlen)
+/* The shortest decimal form of v that reads back as exactly v (for messages). */
+static void fmt_exact(char *out, size_t outlen, double v)
+{
+    for (int p = 1; p <= 17; p++) {
+        snprintf(out, outlen, "%.*g", p, v);
+        if (strtod(out, NULL) == v)
+            return;
+    }
+}
+
+/* Checks an opened existing database without writing to it. *tw_missing: the
+ * meta table has no text_weight (a database from an older banditd). */
+static int validate(sqlite3 *db, const char *path, int dim, double text_weight, int *version,
+                    int *tw_missing, char *err, size_t errlen)
 {
     char v[256];
     int rc = query_text(db, "PRAGMA application_id", v, sizeof v);
@@ -514,6 +526,28 @@ static int validate(sqlite3 *db, const char *path, int dim, int *version, char *
     if (atoi(v) != dim) {
         util_errf(err, errlen, "store has dim=%d, config says dim=%d; use --reset-state or migrate",
                   atoi(v), dim);
+        return BD_ERR_INVALID;
+    }
+    rc = query_text(db, "SELECT value FROM meta WHERE key='text_weight'", v, sizeof v);
+    if (rc != SQLITE_OK) {
+        util_errf(err, errlen, "%s: meta unreadable: %s", path, sqlite3_errmsg(db));
+        return BD_ERR_CORRUPT;
+    }
+    *tw_missing = v[0] == '\0';
+    if (*tw_missing)
+        return 0;
+    char *end = NULL;
+    double stored = strtod(v, &end);
+    if (end == v || *end != '\0' || !isfinite(stored) || !(stored > 0)) {
+        util_errf(err, errlen, "%s: banditd database with an invalid text_weight '%s'", path, v);
+        return BD_ERR_CORRUPT;
+    }
+    if (stored != text_weight) { /* exact: both sides are the same %.17g round trip */
+        char a[32], b[32];
+        fmt_exact(a, sizeof a, stored);
+        fmt_exact(b, sizeof b, text_weight);
+        util_errf(err, errlen,
+                  "store has text_weight=%s, config says text_weight=%s; use --reset-state", a, b);
         return BD_ERR_INVALID;
     }
     return 0;
@@ -997,14 +1031,16 @@ static void free_bufs(store *s)
     free(s);
 }
 
-int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, void *wake_ud,
-               size_t queue_cap, store **out, char *err, size_t errlen)
+int store_open(const char *path, int dim, double text_weight, unsigned flags, store_wake_fn wake,
+               void *wake_ud, size_t queue_cap, store **out, char *err, size_t errlen)
 {
     assert(out);
     *out = NULL;
     if (!path || !path[0] || strlen(path) > 4000 || dim < 1 || dim > STORE_MAX_DIM ||
-        queue_cap < 1 || queue_cap > (1u << 24)) {
-        util_errf(err, errlen, "store_open: invalid arguments (path, dim 1..%d, queue_cap >= 1)",
+        !isfinite(text_weight) || !(text_weight > 0) || queue_cap < 1 || queue_cap > (1u << 24)) {
+        util_errf(err, errlen,
+                  "store_open: invalid arguments (path, dim 1..%d, text_weight > 0, "
+                  "queue_cap >= 1)",
                   STORE_MAX_DIM);
         return BD_ERR_INVALID;
     }
@@ -1027,7 +1063,7 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
                       path, wal);
             return BD_ERR_CORRUPT;
         }
-        if ((r = create_fresh(path, dim, err, errlen)))
+        if ((r = create_fresh(path, dim, text_weight, err, errlen)))
             return r;
     } else if (!S_ISREG(stt.st_mode)) {
         util_errf(err, errlen, "%s: exists but is not a regular file", path);
@@ -1061,8 +1097,8 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
     }
     sqlite3_extended_result_codes(s->db, 1);
     sqlite3_busy_timeout(s->db, STORE_BUSY_TIMEOUT_MS);
-    int version = 0;
-    if ((r = validate(s->db, path, dim, &version, err, errlen)))
+    int version = 0, tw_missing = 0;
+    if ((r = validate(s->db, path, dim, text_weight, &version, &tw_missing, err, errlen)))
         goto fail;
     char mode[32];
     rc = query_text(s->db, "PRAGMA journal_mode=WAL", mode, sizeof mode);
@@ -1082,6 +1118,13 @@ int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, vo
         goto fail;
     if (version < STORE_SCHEMA_VERSION && (r = migrate(s->db, path, version, err, errlen)))
         goto fail;
+    if (tw_missing) { /* older banditd: the value it ran with is unknown, record ours */
+        char sql[128];
+        snprintf(sql, sizeof sql, "INSERT OR IGNORE INTO meta VALUES('text_weight','%.17g')",
+                 text_weight);
+        if ((r = exec_sql(s->db, sql, err, errlen)))
+            goto fail;
+    }
     for (int i = 0; i < ST_COUNT; i++) {
         rc = sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL);
         if (rc != SQLITE_OK) {

@@ -634,7 +634,7 @@ START_TEST(test_async_exactly_once)
     snprintf(db, sizeof db, "%s/fb.db", path);
     store *st = NULL;
     char err[256];
-    ck_assert_int_eq(store_open(db, DIM, 0, NULL, NULL, 64, &st, err, sizeof err), 0);
+    ck_assert_int_eq(store_open(db, DIM, 0.5, 0, NULL, NULL, 64, &st, err, sizeof err), 0);
     struct feedback_arms arms = {an_name, an_index, NULL};
     feedback_async *fa = feedback_async_create(ds, rt, st, &arms, on_applied_cb, NULL);
     ck_assert_ptr_nonnull(fa);
@@ -698,7 +698,7 @@ START_TEST(test_async_exactly_once)
     free(b1.body);
     free(b2.body);
     /* the rows are on disk exactly once */
-    ck_assert_int_eq(store_open(db, DIM, 0, NULL, NULL, 64, &st, err, sizeof err), 0);
+    ck_assert_int_eq(store_open(db, DIM, 0.5, 0, NULL, NULL, 64, &st, err, sizeof err), 0);
     int rows = 0;
     ck_assert_int_eq(store_load_feedback_after(st, NULL, 0, count_rows, &rows), 0);
     ck_assert_int_eq(rows, 2);

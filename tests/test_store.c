@@ -22,6 +22,7 @@
 #include "banditd/store.h"
 
 #define DIM 8
+#define TW 0.5 /* router.text_weight */
 
 /* ---------- fixtures and helpers ---------- */
 
@@ -78,7 +79,7 @@ static store *open_ok(int dim, size_t cap)
 {
     store *s = NULL;
     char err[512] = "";
-    int rc = store_open(g_db, dim, 0, wake_pipe, &g_pipe[1], cap, &s, err, sizeof err);
+    int rc = store_open(g_db, dim, TW, 0, wake_pipe, &g_pipe[1], cap, &s, err, sizeof err);
     ck_assert_msg(rc == 0, "store_open: %d %s", rc, err);
     ck_assert_ptr_nonnull(s);
     return s;
@@ -265,8 +266,10 @@ START_TEST(test_invalid_args)
 {
     store *s = NULL;
     char err[256];
-    ck_assert_int_eq(store_open(g_db, 0, 0, NULL, NULL, 8, &s, err, sizeof err), BD_ERR_INVALID);
-    ck_assert_int_eq(store_open(g_db, DIM, 0, NULL, NULL, 0, &s, err, sizeof err), BD_ERR_INVALID);
+    ck_assert_int_eq(store_open(g_db, 0, TW, 0, NULL, NULL, 8, &s, err, sizeof err),
+                     BD_ERR_INVALID);
+    ck_assert_int_eq(store_open(g_db, DIM, TW, 0, NULL, NULL, 0, &s, err, sizeof err),
+                     BD_ERR_INVALID);
     ck_assert_ptr_null(s);
     s = open_ok(DIM, 8);
     double x[DIM];
@@ -299,14 +302,16 @@ static void write_bytes(const char *path, const unsigned char *b, size_t n)
     fclose(f);
 }
 
-static void expect_refused(int want_rc, const char *want_msg)
+/* store_open with text weight tw fails with want_rc and want_msg, and leaves
+ * the file byte for byte as it was. */
+static void expect_refused_tw(double tw, int want_rc, const char *want_msg)
 {
     size_t len0 = 0, len1 = 0;
     char *before = read_file(g_db, &len0);
     ck_assert_ptr_nonnull(before);
     store *s = (store *)1;
     char err[512] = "";
-    int rc = store_open(g_db, DIM, 0, NULL, NULL, 8, &s, err, sizeof err);
+    int rc = store_open(g_db, DIM, tw, 0, NULL, NULL, 8, &s, err, sizeof err);
     ck_assert_int_eq(rc, want_rc);
     ck_assert_ptr_null(s);
     ck_assert_msg(strstr(err, want_msg) != NULL, "message '%s' lacks '%s'", err, want_msg);
@@ -315,6 +320,11 @@ static void expect_refused(int want_rc, const char *want_msg)
     ck_assert_int_eq(memcmp(before, after, len0), 0);
     free(before);
     free(after);
+}
+
+static void expect_refused(int want_rc, const char *want_msg)
+{
+    expect_refused_tw(TW, want_rc, want_msg);
 }
 
 START_TEST(test_garbage_file_is_corrupt)
@@ -380,7 +390,8 @@ START_TEST(test_orphan_wal_refused)
     write_bytes(wal, (const unsigned char *)"stale", 5);
     store *s = NULL;
     char err[512] = "";
-    ck_assert_int_eq(store_open(g_db, DIM, 0, NULL, NULL, 8, &s, err, sizeof err), BD_ERR_CORRUPT);
+    ck_assert_int_eq(store_open(g_db, DIM, TW, 0, NULL, NULL, 8, &s, err, sizeof err),
+                     BD_ERR_CORRUPT);
     ck_assert(!exists(g_db));
     ck_assert_ptr_nonnull(strstr(err, "-wal"));
 }
@@ -392,10 +403,83 @@ START_TEST(test_dim_mismatch)
     store_close(s);
     char err[512] = "";
     s = NULL;
-    ck_assert_int_eq(store_open(g_db, 2 * DIM, 0, NULL, NULL, 8, &s, err, sizeof err),
+    ck_assert_int_eq(store_open(g_db, 2 * DIM, TW, 0, NULL, NULL, 8, &s, err, sizeof err),
                      BD_ERR_INVALID);
     ck_assert_ptr_null(s);
     ck_assert_str_eq(err, "store has dim=8, config says dim=16; use --reset-state or migrate");
+}
+END_TEST
+
+/* The meta value of key ("" when absent). */
+static void meta_value(const char *key, char *out, size_t outlen)
+{
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(g_db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key=?", -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    out[0] = '\0';
+    if (sqlite3_step(st) == SQLITE_ROW)
+        snprintf(out, outlen, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+/* text_weight is recorded at creation and must match exactly at open; a
+ * database without it (older banditd) is accepted and gets it recorded. */
+START_TEST(test_text_weight_mismatch)
+{
+    char v[64];
+    store *s = open_ok(DIM, 8);
+    store_close(s);
+    meta_value("text_weight", v, sizeof v);
+    ck_assert_str_eq(v, "0.5");
+    s = open_ok(DIM, 8); /* same value: fine */
+    store_close(s);
+    expect_refused_tw(1.0, BD_ERR_INVALID,
+                      "store has text_weight=0.5, config says text_weight=1; use --reset-state");
+    /* exact comparison: one ulp off is another value, and the message shows it */
+    expect_refused_tw(nextafter(TW, 1.0), BD_ERR_INVALID,
+                      "config says text_weight=0.5000000000000001;");
+    meta_value("text_weight", v, sizeof v);
+    ck_assert_str_eq(v, "0.5");
+
+    /* a database written by an older banditd: no key; opens and gets ours */
+    sqlite3 *db = NULL;
+    ck_assert_int_eq(sqlite3_open(g_db, &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_exec(db, "DELETE FROM meta WHERE key='text_weight'", 0, 0, 0), 0);
+    sqlite3_close(db);
+    meta_value("text_weight", v, sizeof v);
+    ck_assert_str_eq(v, "");
+    char err[512] = "";
+    s = NULL;
+    ck_assert_int_eq(store_open(g_db, DIM, 0.3, 0, NULL, NULL, 8, &s, err, sizeof err), 0);
+    store_close(s);
+    meta_value("text_weight", v, sizeof v);
+    ck_assert_str_eq(v, "0.29999999999999999"); /* %.17g */
+    expect_refused_tw(TW, BD_ERR_INVALID, "store has text_weight=0.3, config says text_weight=0.5");
+    s = NULL;
+    ck_assert_int_eq(store_open(g_db, DIM, 0.3, 0, NULL, NULL, 8, &s, err, sizeof err), 0);
+    store_close(s);
+
+    /* a reset starts over with the new value */
+    ck_assert_int_eq(store_open(g_db, DIM, 1.0, STORE_RESET, NULL, NULL, 8, &s, err, sizeof err),
+                     0);
+    store_close(s);
+    meta_value("text_weight", v, sizeof v);
+    ck_assert_str_eq(v, "1");
+
+    /* an unreadable stored value is corruption, not a mismatch */
+    ck_assert_int_eq(sqlite3_open(g_db, &db), SQLITE_OK);
+    ck_assert_int_eq(
+        sqlite3_exec(db, "UPDATE meta SET value='abc' WHERE key='text_weight'", 0, 0, 0), 0);
+    sqlite3_close(db);
+    expect_refused_tw(1.0, BD_ERR_CORRUPT, "invalid text_weight 'abc'");
+    /* and a non-positive configured value is an invalid argument */
+    ck_assert_int_eq(store_open(g_db, DIM, 0.0, 0, NULL, NULL, 8, &s, err, sizeof err),
+                     BD_ERR_INVALID);
+    ck_assert_ptr_null(s);
 }
 END_TEST
 
@@ -404,7 +488,7 @@ START_TEST(test_reset_wipes)
     write_bytes(g_db, (const unsigned char *)"not a database at all, really", 29);
     store *s = NULL;
     char err[512] = "";
-    ck_assert_int_eq(store_open(g_db, DIM, STORE_RESET, NULL, NULL, 8, &s, err, sizeof err), 0);
+    ck_assert_int_eq(store_open(g_db, DIM, TW, STORE_RESET, NULL, NULL, 8, &s, err, sizeof err), 0);
     struct collected *c = calloc(1, sizeof *c);
     ck_assert_int_eq(store_load_feedback_after(s, NULL, 0, collect_feedback, c), 0);
     ck_assert_int_eq(c->n, 0);
@@ -416,7 +500,7 @@ START_TEST(test_reset_wipes)
     drain(s);
     store_close(s);
     ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions"), 1);
-    ck_assert_int_eq(store_open(g_db, DIM, STORE_RESET, NULL, NULL, 8, &s, err, sizeof err), 0);
+    ck_assert_int_eq(store_open(g_db, DIM, TW, STORE_RESET, NULL, NULL, 8, &s, err, sizeof err), 0);
     store_close(s);
     ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions"), 0);
 }
@@ -899,7 +983,8 @@ START_TEST(test_migrate_v1)
     sqlite3_close(db);
     store *s2 = NULL;
     char err[512] = "";
-    ck_assert_int_eq(store_open(g_db, DIM, 0, NULL, NULL, 8, &s2, err, sizeof err), BD_ERR_INVALID);
+    ck_assert_int_eq(store_open(g_db, DIM, TW, 0, NULL, NULL, 8, &s2, err, sizeof err),
+                     BD_ERR_INVALID);
     ck_assert_ptr_null(s2);
     ck_assert_msg(strstr(err, "schema version 99") != NULL, "%s", err);
 }
@@ -1206,7 +1291,7 @@ START_TEST(test_kill9_keeps_acked)
     if (pid == 0) {
         store *s = NULL;
         char err[256];
-        if (store_open(g_db, DIM, 0, NULL, NULL, 64, &s, err, sizeof err) != 0)
+        if (store_open(g_db, DIM, TW, 0, NULL, NULL, 64, &s, err, sizeof err) != 0)
             _exit(3);
         double x[DIM];
         struct ack a[N];
@@ -1482,6 +1567,7 @@ static Suite *store_suite(void)
     tcase_add_test(tc, test_damaged_page_is_corrupt);
     tcase_add_test(tc, test_orphan_wal_refused);
     tcase_add_test(tc, test_dim_mismatch);
+    tcase_add_test(tc, test_text_weight_mismatch);
     tcase_add_test(tc, test_reset_wipes);
     tcase_add_test(tc, test_duplicate_feedback_exists);
     tcase_add_test(tc, test_ack_only_via_dispatch_after_commit);

@@ -138,7 +138,8 @@ struct store_stats {
     int last_error;       /* last transaction error code (0 = none yet) */
 };
 
-/* Open (or create) the database at path for feature dimension dim, start the
+/* Open (or create) the database at path for feature dimension dim and text
+ * weight text_weight (config router.text_weight, > 0), start the
  * writer thread. queue_cap: maximum queued operations (>= 1); it is also the
  * largest group commit. Synchronous: call before the loop runs.
  *
@@ -148,12 +149,17 @@ struct store_stats {
  *   BD_ERR_CORRUPT, the file is left untouched (never a silent fresh start).
  * - stored dim differs from dim: BD_ERR_INVALID ("store has dim=256, config
  *   says dim=512; use --reset-state or migrate").
+ * - stored text_weight differs (compared exactly; stored as "%.17g"):
+ *   BD_ERR_INVALID ("store has text_weight=0.5, config says text_weight=1;
+ *   use --reset-state"), the file untouched. A database without the key
+ *   (from an older banditd: the value it ran with is unknown) is accepted
+ *   and gets text_weight recorded.
  * - schema version 1 or 2: migrated to STORE_SCHEMA_VERSION in one transaction;
  *   any other unknown version: BD_ERR_INVALID, the file untouched.
  * - flags & STORE_RESET: the database and its -wal/-shm are deleted first.
  * Returns 0 and *out, or an error with a message in err (*out = NULL). */
-int store_open(const char *path, int dim, unsigned flags, store_wake_fn wake, void *wake_ud,
-               size_t queue_cap, store **out, char *err, size_t errlen);
+int store_open(const char *path, int dim, double text_weight, unsigned flags, store_wake_fn wake,
+               void *wake_ud, size_t queue_cap, store **out, char *err, size_t errlen);
 
 /* Drain the queue, stop the writer thread, run the remaining callbacks (on
  * the calling thread, which must be the loop thread), close the database.

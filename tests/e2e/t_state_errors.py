@@ -6,6 +6,9 @@
   banditd's;
 - a database made for another dim: exit non-zero, the message names both
   dims; --reset-state then starts fresh explicitly;
+- the same for another router.text_weight (recorded in the database's meta
+  table): exit non-zero, both values in the log, the file untouched;
+  --reset-state starts fresh with the new value;
 - full disk: the daemon's file-size limit (RLIMIT_FSIZE, set on the running
   process with prlimit; SIGXFSZ ignored) is lowered to just above the
   database's current size: feedback answers 503 (never a false 200), nothing
@@ -28,13 +31,30 @@ fake = L.FakeUpstream(record=False)
 ARMS = L.default_arms(fake)
 
 
-def run_once(db, dim=16, extra_args=()):
+def run_once(db, dim=16, extra_args=(), router=None):
     """Start banditd on db expecting it to refuse: returns (exit status, stderr)."""
-    d = L.Banditd(ARMS, env=L.DEFAULT_KEYS, router={"dim": dim}, extra={"store": {"path": db}})
+    d = L.Banditd(ARMS, env=L.DEFAULT_KEYS, router=dict({"dim": dim}, **(router or {})),
+                  extra={"store": {"path": db}})
     args = [L.banditd_path(), "--config", d.config_path, "--listen", "127.0.0.1:0",
             "--port-file", d.port_file] + list(extra_args)
     p = subprocess.run(args, capture_output=True, text=True, timeout=60, env=d.env)
     return p.returncode, p.stderr
+
+
+def run_reset(db, router, path):
+    """Start banditd on db with --reset-state, GET path, stop it (exit 0): the response."""
+    d = L.Banditd(ARMS, env=L.DEFAULT_KEYS, router=router, extra={"store": {"path": db}})
+    args = [L.banditd_path(), "--config", d.config_path, "--listen", "127.0.0.1:0",
+            "--port-file", d.port_file, "--reset-state"]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=d.env)
+    try:
+        port = L.wait_port_file(d.port_file, p, what="banditd --reset-state")
+        r = L.request(port, "GET", path)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    return r
 
 
 def sha(path):
@@ -79,20 +99,28 @@ def t_dim_mismatch_and_reset():
     assert "dim=16" in err and "dim=32" in err, err
     assert sha(db) == h
     # explicit reset: starts fresh for dim 32
-    d2 = L.Banditd(ARMS, env=L.DEFAULT_KEYS, router={"dim": 32}, extra={"store": {"path": db}})
-    args = [L.banditd_path(), "--config", d2.config_path, "--listen", "127.0.0.1:0",
-            "--port-file", d2.port_file, "--reset-state"]
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=d2.env)
-    try:
-        port = L.wait_port_file(d2.port_file, p, what="banditd --reset-state")
-        r = L.request(port, "GET", "/debug/model?arm=cheap")
-        assert r.status == 200 and r.json()["dim"] == 32, r
-    finally:
-        p.send_signal(signal.SIGTERM)
-        _, err2 = p.communicate(timeout=30)
-    assert p.returncode == 0, err2
+    r = run_reset(db, {"dim": 32}, "/debug/model?arm=cheap")
+    assert r.status == 200 and r.json()["dim"] == 32, r
     con = sqlite3.connect(db)
     assert con.execute("SELECT value FROM meta WHERE key='dim'").fetchone()[0] == "32"
+    con.close()
+
+
+def t_text_weight_mismatch_and_reset():
+    db = os.path.join(L.tmpdir(), "tw.db")
+    d = L.Banditd(ARMS, env=L.DEFAULT_KEYS, router={"dim": 16}, extra={"store": {"path": db}})
+    d.start()  # default text_weight 0.5
+    d.finish()
+    h = sha(db)
+    rc, err = run_once(db, router={"text_weight": 1.0})
+    assert rc != 0, "started with another text_weight"
+    assert "store has text_weight=0.5, config says text_weight=1; use --reset-state" in err, err
+    assert sha(db) == h, "the database was modified"
+    # explicit reset: starts fresh with the new value
+    r = run_reset(db, {"dim": 16, "text_weight": 1.0}, "/healthz")
+    assert r.status == 200, r
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT value FROM meta WHERE key='text_weight'").fetchone()[0] == "1"
     con.close()
 
 
@@ -159,5 +187,7 @@ def t_full_disk():
 
 
 L.run_tests([("garbage_file", t_garbage_file), ("foreign_sqlite", t_foreign_sqlite),
-             ("dim_mismatch_and_reset", t_dim_mismatch_and_reset), ("full_disk", t_full_disk)],
+             ("dim_mismatch_and_reset", t_dim_mismatch_and_reset),
+             ("text_weight_mismatch_and_reset", t_text_weight_mismatch_and_reset),
+             ("full_disk", t_full_disk)],
             teardown=fake.stop, title="t_state_errors")
