@@ -41,6 +41,7 @@
 #include "banditd/openai.h"
 #include "banditd/pref.h"
 #include "banditd/router.h"
+#include "banditd/store.h"
 #include "banditd/util.h"
 
 #define MAX_ARMS DATASET_MAX_MODELS
@@ -685,8 +686,26 @@ static int xw_push(struct xrows *w, int dim, int arm, double reward, const cJSON
     return BD_OK;
 }
 
-/* Read the feedback rows of an export (meta line first; its dim must be the
- * router's). Errors name the file and line. */
+/* The export's text_weight must be the router's: features of another scale
+ * would not match the ones --data is featurized with. */
+static int xw_check_text_weight(const struct ctx *c, const cJSON *tw, const char *path,
+                                size_t lineno, char *err, size_t errlen)
+{
+    char what[4200], num[40];
+    snprintf(what, sizeof what, "%s:%zu: export", path, lineno);
+    if (!cJSON_IsNumber(tw)) {
+        util_errf(err, errlen, "%s: text_weight is not a number", what);
+        return BD_ERR_INVALID;
+    }
+    snprintf(num, sizeof num, "%.17g", tw->valuedouble); /* exact round trip */
+    int rc = store_text_weight_check(num, c->cfg->router.text_weight, what, what,
+                                     "set router.text_weight in --config", err, errlen);
+    return rc == BD_ERR_CORRUPT ? BD_ERR_INVALID : rc;
+}
+
+/* Read the feedback rows of an export (meta line first; its dim and
+ * text_weight, when it has one, must be the router's). Errors name the file
+ * and line. */
 static int xw_load(struct ctx *c, const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
@@ -723,6 +742,9 @@ static int xw_load(struct ctx *c, const char *path, char *err, size_t errlen)
                          path, lineno, cJSON_IsNumber(d) ? d->valuedouble : -1.0, c->dim);
                 rc = BD_ERR_INVALID;
             }
+            const cJSON *tw = cJSON_GetObjectItemCaseSensitive(o, "text_weight");
+            if (rc == BD_OK && tw) /* absent in exports of an older banditd: unknown */
+                rc = xw_check_text_weight(c, tw, path, lineno, err, errlen);
             have_meta = 1;
         } else if (!have_meta) {
             snprintf(err, errlen, "%s:%zu: no meta line first: not a banditd export", path, lineno);

@@ -108,6 +108,7 @@ int state_redis_open(const struct config *cfg, router *rt, decisions *ds, store_
     struct store_redis_opts o;
     store_redis_opts_default(&o);
     o.ttl_s = (double)cfg->feedback.ttl_s;
+    o.text_weight = cfg->router.text_weight;
     if (cfg->store.queue_cap > 0)
         o.queue_cap = (size_t)cfg->store.queue_cap;
     o.apply = apply_event;

@@ -474,6 +474,26 @@ static void fmt_exact(char *out, size_t outlen, double v)
     }
 }
 
+int store_text_weight_check(const char *stored, double text_weight, const char *what,
+                            const char *where, const char *fix, char *err, size_t errlen)
+{
+    char *end = NULL;
+    double v = strtod(stored, &end);
+    if (end == stored || *end != '\0' || !isfinite(v) || !(v > 0)) {
+        util_errf(err, errlen, "%s: invalid text_weight '%s'", where, stored);
+        return BD_ERR_CORRUPT;
+    }
+    if (v != text_weight) { /* exact: both sides are the same %.17g round trip */
+        char a[32], b[32];
+        fmt_exact(a, sizeof a, v);
+        fmt_exact(b, sizeof b, text_weight);
+        util_errf(err, errlen, "%s has text_weight=%s, config says text_weight=%s; %s", what, a, b,
+                  fix);
+        return BD_ERR_INVALID;
+    }
+    return 0;
+}
+
 /* Checks an opened existing database without writing to it. *tw_missing: the
  * meta table has no text_weight (a database from an older banditd). */
 static int validate(sqlite3 *db, const char *path, int dim, double text_weight, int *version,
@@ -536,21 +556,7 @@ static int validate(sqlite3 *db, const char *path, int dim, double text_weight, 
     *tw_missing = v[0] == '\0';
     if (*tw_missing)
         return 0;
-    char *end = NULL;
-    double stored = strtod(v, &end);
-    if (end == v || *end != '\0' || !isfinite(stored) || !(stored > 0)) {
-        util_errf(err, errlen, "%s: banditd database with an invalid text_weight '%s'", path, v);
-        return BD_ERR_CORRUPT;
-    }
-    if (stored != text_weight) { /* exact: both sides are the same %.17g round trip */
-        char a[32], b[32];
-        fmt_exact(a, sizeof a, stored);
-        fmt_exact(b, sizeof b, text_weight);
-        util_errf(err, errlen,
-                  "store has text_weight=%s, config says text_weight=%s; use --reset-state", a, b);
-        return BD_ERR_INVALID;
-    }
-    return 0;
+    return store_text_weight_check(v, text_weight, "store", path, "use --reset-state", err, errlen);
 }
 
 /* Migration to STORE_SCHEMA_VERSION, in one transaction (all or nothing).
@@ -1777,12 +1783,21 @@ int store_export(const char *path, FILE *out, char *err, size_t errlen)
         r = BD_ERR_CORRUPT;
         goto out;
     }
-    char created[64] = "";
+    char created[64] = "", tw[64] = "";
     query_text(db, "SELECT value FROM meta WHERE key='created'", created, sizeof created);
+    /* absent in a database of an older banditd that was never reopened */
+    query_text(db, "SELECT value FROM meta WHERE key='text_weight'", tw, sizeof tw);
+    char *end = NULL;
+    double twv = tw[0] ? strtod(tw, &end) : 0;
+    if (tw[0] && (*end != '\0' || !isfinite(twv) || !(twv > 0))) {
+        util_errf(err, errlen, "%s: invalid text_weight '%s'", path, tw);
+        r = BD_ERR_CORRUPT;
+        goto out;
+    }
     cJSON *m = cJSON_CreateObject();
     if (!m || !cJSON_AddStringToObject(m, "type", "meta") ||
         !cJSON_AddNumberToObject(m, "schema_version", ver) ||
-        !cJSON_AddNumberToObject(m, "dim", dim) ||
+        !cJSON_AddNumberToObject(m, "dim", dim) || (tw[0] && !add_num(m, "text_weight", twv)) ||
         !cJSON_AddStringToObject(m, "created", created)) {
         cJSON_Delete(m);
         r = BD_ERR_NOMEM;

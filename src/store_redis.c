@@ -17,6 +17,7 @@
 #include <hiredis/hiredis.h>
 
 #include "banditd/err.h"
+#include "banditd/features.h"
 #include "banditd/log.h"
 #include "banditd/util.h"
 
@@ -470,6 +471,7 @@ void store_redis_opts_default(struct store_redis_opts *o)
     o->heartbeat_s = 1.0;
     o->replica_stale_s = 60.0;
     o->lookup_wait_ms = 500;
+    o->text_weight = FEATURES_TEXT_WEIGHT;
 }
 
 static void key(const store_redis *s, char *out, const char *kind, const char *id)
@@ -488,7 +490,35 @@ static redisReply *cmd(redisContext *c, const char *fmt, ...)
     return r;
 }
 
-/* Connect, authenticate, select the db, check dim, load the scripts. */
+/* Record field = value in the meta hash mk unless it has one (a new shared
+ * state, or one from a banditd that did not record the field), then read the
+ * field back into *out (a string reply, to free). 0, BD_ERR_IO, BD_ERR_CORRUPT. */
+static int meta_record(redisContext *c, const char *mk, const char *field, const char *value,
+                       redisReply **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    redisReply *r = cmd(c, "HSETNX %s %s %s", mk, field, value);
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        util_errf(err, errlen, "redis HSETNX %s: %s", mk, r ? r->str : c->errstr);
+        if (r)
+            freeReplyObject(r);
+        return BD_ERR_IO;
+    }
+    freeReplyObject(r);
+    r = cmd(c, "HGET %s %s", mk, field);
+    if (!r || r->type != REDIS_REPLY_STRING) {
+        util_errf(err, errlen, "redis %s: %s unreadable", mk, field);
+        if (!r)
+            return BD_ERR_IO;
+        freeReplyObject(r);
+        return BD_ERR_CORRUPT;
+    }
+    *out = r;
+    return 0;
+}
+
+/* Connect, authenticate, select the db, check dim and text_weight, load the
+ * scripts. */
 static int conn_open(store_redis *s, int timeout_ms, redisContext **out, char *err, size_t errlen)
 {
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
@@ -523,21 +553,11 @@ static int conn_open(store_redis *s, int timeout_ms, redisContext **out, char *e
         }
         freeReplyObject(r);
     }
-    char mk[SRD_KEY_MAX];
+    char mk[SRD_KEY_MAX], val[32];
     key(s, mk, "meta", NULL);
-    r = cmd(c, "HSETNX %s dim %d", mk, s->dim);
-    if (!r || r->type == REDIS_REPLY_ERROR) {
-        util_errf(err, errlen, "redis HSETNX %s: %s", mk, r ? r->str : c->errstr);
-        rc = BD_ERR_IO;
+    snprintf(val, sizeof val, "%d", s->dim);
+    if ((rc = meta_record(c, mk, "dim", val, &r, err, errlen)))
         goto out;
-    }
-    freeReplyObject(r);
-    r = cmd(c, "HGET %s dim", mk);
-    if (!r || r->type != REDIS_REPLY_STRING) {
-        util_errf(err, errlen, "redis %s: dim unreadable", mk);
-        rc = r ? BD_ERR_CORRUPT : BD_ERR_IO;
-        goto out;
-    }
     if (atoi(r->str) != s->dim) {
         util_errf(err, errlen,
                   "redis has dim=%s, config says dim=%d; use another prefix or migrate", r->str,
@@ -545,6 +565,14 @@ static int conn_open(store_redis *s, int timeout_ms, redisContext **out, char *e
         rc = BD_ERR_INVALID;
         goto out;
     }
+    freeReplyObject(r);
+    snprintf(val, sizeof val, "%.17g", s->o.text_weight);
+    if ((rc = meta_record(c, mk, "text_weight", val, &r, err, errlen)))
+        goto out;
+    if ((rc =
+             store_text_weight_check(r->str, s->o.text_weight, "store", mk,
+                                     "use another prefix or delete the shared state", err, errlen)))
+        goto out;
     freeReplyObject(r);
     for (int i = 0; i < SC_COUNT; i++) {
         r = cmd(c, "SCRIPT LOAD %s", script_src[i]);
@@ -1387,10 +1415,10 @@ int store_redis_open(const char *url, int dim, const struct store_redis_opts *o,
     *out = NULL;
     if (dim < 1 || dim > SRD_MAX_DIM || !o->apply || o->queue_cap < 1 || !(o->ttl_s > 0) ||
         o->timeout_ms < 1 || o->block_ms < 1 || o->lookup_wait_ms < 0 || !(o->heartbeat_s > 0) ||
-        !(o->replica_stale_s > 0)) {
+        !(o->replica_stale_s > 0) || !isfinite(o->text_weight) || !(o->text_weight > 0)) {
         util_errf(err, errlen,
                   "store_redis_open: invalid options (dim, apply, queue_cap, ttl_s, "
-                  "timeouts)");
+                  "timeouts, text_weight)");
         return BD_ERR_INVALID;
     }
     store_redis *s = calloc(1, sizeof *s);

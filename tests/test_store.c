@@ -139,6 +139,7 @@ static char *read_file(const char *path, size_t *len)
     ck_assert_ptr_nonnull(buf);
     ck_assert_int_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
     fclose(f);
+    buf[n] = '\0'; /* callers treat it as a string (strtok) */
     *len = (size_t)n;
     return buf;
 }
@@ -1022,6 +1023,7 @@ START_TEST(test_export_jsonl)
             metas++;
             ck_assert_int_eq(n, 1);
             ck_assert(cJSON_GetNumberValue(cJSON_GetObjectItem(o, "dim")) == DIM);
+            ck_assert(cJSON_GetNumberValue(cJSON_GetObjectItem(o, "text_weight")) == TW);
         } else if (strcmp(type, "decision") == 0) {
             decs++;
             cJSON *xs = cJSON_GetObjectItem(o, "x");

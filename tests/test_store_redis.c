@@ -914,6 +914,77 @@ START_TEST(test_redis_down_and_back)
 }
 END_TEST
 
+static void meta_field(const struct rsrv *r, const char *field, char *out, size_t outlen)
+{
+    redisContext *c = rconn(r);
+    ck_assert_ptr_nonnull(c);
+    redisReply *rep = redisCommand(c, "HGET {banditd}:meta %s", field);
+    ck_assert_ptr_nonnull(rep);
+    snprintf(out, outlen, "%s", rep->type == REDIS_REPLY_STRING ? rep->str : "");
+    freeReplyObject(rep);
+    redisFree(c);
+}
+
+/* router.text_weight is recorded in meta by the first replica ("%.17g"); a
+ * replica with another value (even by one ulp) is refused and changes
+ * nothing; a meta without it (older banditd) gets it recorded. */
+START_TEST(test_text_weight_mismatch)
+{
+    NEED_REDIS();
+    struct rsrv r = {0};
+    rs_start(&r, 0);
+    struct store_redis_opts o;
+    store_redis_opts_default(&o);
+    ck_assert(o.text_weight == 0.5);
+    struct model md;
+    model_init(&md);
+    o.apply = apply_cb;
+    o.apply_ud = &md;
+    store_redis *s = NULL;
+    char err[256], v[64];
+    ck_assert_int_eq(store_redis_open(r.url, DIM, &o, &s, err, sizeof err), 0);
+    store_redis_close(s);
+    meta_field(&r, "text_weight", v, sizeof v);
+    ck_assert_str_eq(v, "0.5");
+    const double other[] = {1.0, nextafter(0.5, 1.0)};
+    const char *const msg[] = {
+        "store has text_weight=0.5, config says text_weight=1; use another prefix or delete "
+        "the shared state",
+        "config says text_weight=0.5000000000000001;"};
+    for (int i = 0; i < 2; i++) {
+        o.text_weight = other[i];
+        s = NULL;
+        ck_assert_int_eq(store_redis_open(r.url, DIM, &o, &s, err, sizeof err), BD_ERR_INVALID);
+        ck_assert_ptr_null(s);
+        ck_assert_msg(strstr(err, msg[i]) != NULL, "err: %s", err);
+        meta_field(&r, "text_weight", v, sizeof v);
+        ck_assert_str_eq(v, "0.5");
+    }
+    o.text_weight = 0;
+    ck_assert_int_eq(store_redis_open(r.url, DIM, &o, &s, err, sizeof err), BD_ERR_INVALID);
+    /* an older deployment: meta has dim only; the value is recorded */
+    redisContext *c = rconn(&r);
+    freeReplyObject(redisCommand(c, "HDEL {banditd}:meta text_weight"));
+    o.text_weight = 1.0 / 3;
+    ck_assert_int_eq(store_redis_open(r.url, DIM, &o, &s, err, sizeof err), 0);
+    store_redis_close(s);
+    meta_field(&r, "text_weight", v, sizeof v);
+    ck_assert_str_eq(v, "0.33333333333333331");
+    ck_assert(strtod(v, NULL) == 1.0 / 3);
+    ck_assert_int_eq(store_redis_open(r.url, DIM, &o, &s, err, sizeof err), 0);
+    store_redis_close(s);
+    /* an unreadable value is corrupt state, not a mismatch */
+    freeReplyObject(redisCommand(c, "HSET {banditd}:meta text_weight abc"));
+    s = NULL;
+    ck_assert_int_eq(store_redis_open(r.url, DIM, &o, &s, err, sizeof err), BD_ERR_CORRUPT);
+    ck_assert_msg(strstr(err, "invalid text_weight 'abc'") != NULL, "err: %s", err);
+    ck_assert_ptr_null(s);
+    redisFree(c);
+    model_free(&md);
+    rs_destroy(&r);
+}
+END_TEST
+
 /* A malformed stream entry is skipped and counted; later ones still apply. */
 START_TEST(test_bad_entry_skipped)
 {
@@ -956,6 +1027,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_snapshot_replay_trim);
     tcase_add_test(tc, test_redis_down_and_back);
     tcase_add_test(tc, test_bad_entry_skipped);
+    tcase_add_test(tc, test_text_weight_mismatch);
     suite_add_tcase(s, tc);
     return s;
 }

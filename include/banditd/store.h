@@ -161,6 +161,15 @@ struct store_stats {
 int store_open(const char *path, int dim, double text_weight, unsigned flags, store_wake_fn wake,
                void *wake_ud, size_t queue_cap, store **out, char *err, size_t errlen);
 
+/* Check a recorded router.text_weight (text written with "%.17g") against the
+ * configured one, exactly; shared by every place that records it (SQLite
+ * meta, Redis meta, export dumps). 0; BD_ERR_CORRUPT when stored is not a
+ * finite number > 0 ("<where>: invalid text_weight 'abc'"); BD_ERR_INVALID
+ * when they differ ("<what> has text_weight=0.5, config says text_weight=1;
+ * <fix>"). */
+int store_text_weight_check(const char *stored, double text_weight, const char *what,
+                            const char *where, const char *fix, char *err, size_t errlen);
+
 /* Drain the queue, stop the writer thread, run the remaining callbacks (on
  * the calling thread, which must be the loop thread), close the database.
  * Callbacks run from here that call put_* get BD_ERR_BUSY. NULL is a no-op. */

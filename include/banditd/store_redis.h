@@ -13,7 +13,7 @@
  *                     included in A and b
  *   arms              set: arm names that have a snapshot
  *   replicas          hash: replica id -> "<applied stream id> <unix ms>"
- *   meta              hash: dim, schema
+ *   meta              hash: dim, text_weight, schema
  *
  * Learning. A feedback is accepted by one Lua script that, atomically, sets
  * fb:<id> with NX, appends the event (arm, x, reward, id) to the stream and
@@ -115,6 +115,7 @@ struct store_redis_opts {
     int lookup_wait_ms;         /* get_decision looks again (every 40 ms) this long before
                                    answering NOTFOUND: the answering replica writes its
                                    decision asynchronously, a moment after its response */
+    double text_weight;         /* router.text_weight, recorded in meta; > 0 */
     store_redis_apply_fn apply; /* required */
     void *apply_ud;
     store_wake_fn wake; /* may be NULL: the loop then polls dispatch */
@@ -122,13 +123,16 @@ struct store_redis_opts {
 };
 
 /* Defaults: prefix NULL, ttl 86400 s, queue_cap 4096, timeout 1000 ms,
- * block 100 ms, heartbeat 1 s, stale 60 s, lookup wait 500 ms, random
- * replica id, no callbacks. */
+ * block 100 ms, heartbeat 1 s, stale 60 s, lookup wait 500 ms, text_weight
+ * FEATURES_TEXT_WEIGHT, random replica id, no callbacks. */
 void store_redis_opts_default(struct store_redis_opts *o);
 
 /* Connect (synchronously, up to timeout_ms), check or record dim in meta
  * (another dim: BD_ERR_INVALID "redis has dim=256, config says dim=512"),
- * load the scripts and start the worker. The reader starts in
+ * and text_weight (stored "%.17g", compared exactly; another value:
+ * BD_ERR_INVALID "store has text_weight=0.5, config says text_weight=1; use
+ * another prefix or delete the shared state"; missing, as in a state from an
+ * older banditd: recorded), load the scripts and start the worker. The reader starts in
  * store_redis_start. Returns 0 and *out, or BD_ERR_INVALID (bad url/opts),
  * BD_ERR_IO (unreachable), BD_ERR_CORRUPT (meta unreadable), BD_ERR_NOMEM,
  * with a message in err. A replica needs Redis at start to load the model. */

@@ -14,7 +14,9 @@
    applied (arm "cheap" by name, arm "strong" through --warmup-map). Without
    the map the "strong" rows are counted as skipped. An export of another
    dim (the default config's 256) is refused with a message naming the dims,
-   and so is a file that is not an export.
+   and so is a file that is not an export. The meta line carries
+   router.text_weight; a replay config with another one is refused with a
+   message naming both, and an export without it (older banditd) is accepted.
 """
 
 import json
@@ -91,6 +93,7 @@ def main():
         lines = [json.loads(line) for line in f if line.strip()]
     assert lines and lines[0]["type"] == "meta", lines[:1]
     assert lines[0]["dim"] == DIM and lines[0]["schema_version"] == 3, lines[0]
+    assert lines[0]["text_weight"] == 0.5, lines[0]  # router.text_weight (default)
     decisions = {o["id"]: o for o in lines if o["type"] == "decision"}
     feedback = [o for o in lines if o["type"] == "feedback"]
     assert {o["type"] for o in lines} <= {"meta", "decision", "feedback"}
@@ -144,6 +147,26 @@ def main():
 
     p = run(base[:5] + ["--format", "json", "--warmup-export", dump])  # default dim 256
     assert p.returncode != 0 and "dim 16" in p.stderr and "dim=256" in p.stderr, p.stderr
+
+    # features of another scale: refused, naming both values
+    cfg_tw = os.path.join(tmp, "replay_tw.json")
+    with open(cfg_tw, "w") as f:
+        json.dump({"listen": "127.0.0.1:8080",
+                   "arms": [L.arm("cheap", "http://127.0.0.1:9", "m", None, 1, 1)],
+                   "router": {"dim": DIM, "text_weight": 1.0}}, f)
+    p = run(base[:6] + [cfg_tw] + base[7:] + ["--warmup-export", dump])
+    want = ("export has text_weight=0.5, config says text_weight=1; "
+            "set router.text_weight in --config")
+    assert p.returncode != 0 and want in p.stderr, p.stderr
+    # an export of an older banditd has no text_weight: accepted (unknown)
+    old_dump = os.path.join(tmp, "export_old.jsonl")
+    meta = dict(lines[0])
+    del meta["text_weight"]
+    with open(dump) as f, open(old_dump, "w") as g:
+        rest = f.read().split("\n", 1)[1]
+        g.write(json.dumps(meta) + "\n" + rest)
+    p = run(base[:6] + [cfg_tw] + base[7:] + ["--warmup-export", old_dump])
+    assert p.returncode == 0, p.stderr
 
     p = run(base + ["--warmup-export", data])  # a dataset, not an export
     assert p.returncode != 0 and "export" in p.stderr, p.stderr

@@ -136,6 +136,12 @@ class Mode:
         for a in arms:
             self.counts[a] += 1
         now = self.stats_counts()
+        # Redis: a 200 means "in the stream"; every replica (this one too)
+        # applies it when its stream reader gets it, a moment later
+        deadline = time.monotonic() + (10 if self.store == "redis" else 0)
+        while now != self.counts and time.monotonic() < deadline:
+            time.sleep(0.02)
+            now = self.stats_counts()
         assert now == self.counts, "feedback counts %r, want %r" % (now, self.counts)
 
     def ok(self, resp, rid, arm):

@@ -12,6 +12,8 @@ saying so, when redis-server is not installed.
 2. kill -9 one replica mid-run: every feedback that got 200 is in the stream
    and in the survivors' models; a fresh replica started later (snapshot +
    tail of the stream) reaches the same statistics.
+   A replica configured with another router.text_weight than the one
+   recorded in Redis refuses to start, naming both values.
 3. Redis stopped mid-run: requests are still routed (200), feedback answers
    503; after Redis restarts the refused feedback is accepted and all
    replicas converge again.
@@ -205,6 +207,23 @@ def case_converge():
     assert n == 60, n
 
 
+def case_text_weight_refused():
+    """The first replica recorded router.text_weight in meta; a replica
+    configured with another one refuses to start (its features would not
+    match the shared models) and leaves the record alone."""
+    redis = STATE["redis"]
+    assert redis.cmd("HGET", "{banditd}:meta", "text_weight") == b"0.5"
+    arms = [L.arm(n, fake.base_url, "fake-%s" % n, "E2E_KEY_CHEAP", 1.0, 2.0) for n in NAMES]
+    d = L.Banditd(arms, env=KEYS, router={"dim": DIM, "text_weight": 1.0},
+                  extra={"store": {"redis": redis.url()}})
+    p = subprocess.run([L.banditd_path(), "--config", d.config_path, "--listen", "127.0.0.1:0",
+                        "--port-file", d.port_file], capture_output=True, text=True,
+                       timeout=60, env=d.env)
+    want = "store has text_weight=0.5, config says text_weight=1"
+    assert p.returncode != 0 and want in p.stderr, (p.returncode, p.stderr)
+    assert redis.cmd("HGET", "{banditd}:meta", "text_weight") == b"0.5"
+
+
 def case_kill9():
     redis, ds, rng = STATE["redis"], STATE["ds"], STATE["rng"]
     pending = []
@@ -287,6 +306,7 @@ if __name__ == "__main__":
     if shutil.which("redis-server") is None:
         print("SKIP t_replicas: redis-server not installed")
         sys.exit(0)
-    L.run_tests([("converge", case_converge), ("kill9", case_kill9),
+    L.run_tests([("converge", case_converge), ("text_weight_refused", case_text_weight_refused),
+                 ("kill9", case_kill9),
                  ("redis_down", case_redis_down)], teardown=teardown,
                 title="t_replicas: 3 replicas through Redis")
