@@ -39,9 +39,12 @@ def _next_id():
 
 
 def _dump(cid, body):
+    """Write the dump whole (tmp + rename): a reader never sees a partial one."""
     if DUMP_DIR:
-        with open(os.path.join(DUMP_DIR, cid), "wb") as f:
+        path = os.path.join(DUMP_DIR, cid)
+        with open(path + ".tmp", "wb") as f:
             f.write(body)
+        os.rename(path + ".tmp", path)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -148,12 +151,20 @@ class Handler(BaseHTTPRequestHandler):
                                  "total_tokens": 12 + len(pieces)}})
             done = b"data: [DONE]\n\n"
             sent.append(done)
+            # dump before the last bytes go out: once the client has the
+            # whole stream, the dump is there to compare with
+            _dump(cid, b"".join(sent))
             self._chunk(done)
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
-            _dump(cid, b"".join(sent))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+
+class Server(ThreadingHTTPServer):
+    # the default listen backlog (5) overflows when a test opens tens of
+    # connections at once; the retried connects then miss connect timeouts
+    request_queue_size = 256
 
 
 def main():
@@ -163,7 +174,7 @@ def main():
     ap.add_argument("--dump-dir")
     a = ap.parse_args()
     DUMP_DIR = a.dump_dir
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv = Server(("127.0.0.1", 0), Handler)
     srv.daemon_threads = True
     tmp = a.port_file + ".tmp"
     with open(tmp, "w") as f:
