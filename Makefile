@@ -6,12 +6,15 @@
 #   make demo                 the demo on the bundled RouteLLM data
 #   make bench                micro-benchmarks (router decision, feedback update)
 #   make install PREFIX=/usr/local DESTDIR=
+#   make BUILD=build-je ALLOC=jemalloc   link jemalloc (libjemalloc-dev): ~10%
+#                             less CPU per proxied request (docs/performance.md §9)
 
 PREFIX   ?= /usr/local
 DESTDIR  ?=
 BUILD    ?= build
 CC       ?= cc
 SANITIZE ?=
+ALLOC    ?= glibc
 
 PKGS     := libmicrohttpd libcurl libcjson openblas sqlite3 hiredis
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wformat=2 -Werror
@@ -21,6 +24,15 @@ CFLAGS   += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS   += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS   := $(shell pkg-config --libs check 2>/dev/null)
+
+ifeq ($(ALLOC),jemalloc)
+  ifneq ($(SANITIZE),)
+    $(error ALLOC=jemalloc and SANITIZE exclude each other: the sanitizer brings its own malloc)
+  endif
+  LDLIBS  += -ljemalloc
+else ifneq ($(ALLOC),glibc)
+  $(error ALLOC is glibc (default) or jemalloc)
+endif
 
 ifneq ($(SANITIZE),)
   BUILD   := build-san
