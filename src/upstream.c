@@ -238,18 +238,13 @@ static void call_destroy(upstream_call *c)
 /* A finished or cancelled call: its easy handle (reset, so no option of this
  * call leaks into the next) and header list go back to the pool. Connections
  * live in the multi handle's cache either way. */
+static void call_unget(upstream *u, upstream_call *c);
+
 static void call_free(upstream *u, upstream_call *c)
 {
     call_unlink(u, c);
     curl_multi_remove_handle(u->multi, c->easy);
-    if (u->n_pool >= UPSTREAM_POOL_MAX) {
-        call_destroy(c);
-        return;
-    }
-    curl_easy_reset(c->easy);
-    c->next = u->pool;
-    u->pool = c;
-    u->n_pool++;
+    call_unget(u, c);
 }
 
 /* A call from the pool or a new one; NULL on OOM. Its headers (if any) are
@@ -329,7 +324,8 @@ nomem:
     return BD_ERR_NOMEM;
 }
 
-/* Back to the pool after a failed start (never added to the multi). */
+/* Back to the pool (or destroyed when it is full); the call is in no list
+ * and not in the multi handle: after a failed start, or from call_free. */
 static void call_unget(upstream *u, upstream_call *c)
 {
     if (u->n_pool >= UPSTREAM_POOL_MAX) {
