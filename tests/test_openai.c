@@ -932,6 +932,24 @@ static void gen_member(struct gen *g, int first, const char *key, const char *va
         gen_value(g, 1);
 }
 
+/* A JSON object of the n members in a random order (keys/vals are shuffled
+ * in place), with random whitespace around it and inside. */
+static void gen_object(struct gen *g, const char **keys, const char **vals, int n)
+{
+    gen_put(g, "{");
+    for (int i = n - 1; i > 0; i--) { /* shuffle */
+        int j = (int)gen_int(g, (unsigned)i + 1);
+        const char *tk = keys[i], *tv = vals[i];
+        keys[i] = keys[j], vals[i] = vals[j];
+        keys[j] = tk, vals[j] = tv;
+    }
+    for (int i = 0; i < n; i++)
+        gen_member(g, i == 0, keys[i], vals[i]);
+    gen_ws(g);
+    gen_put(g, "}");
+    gen_ws(g);
+}
+
 START_TEST(test_rewrite_random)
 {
     struct gen g = {0};
@@ -945,7 +963,6 @@ START_TEST(test_rewrite_random)
         g.len = 0;
         gen_put(&g, "");
         gen_ws(&g);
-        gen_put(&g, "{");
         /* Members in random order: model, messages, stream?, stream_options?, extras. */
         const char *keys[8];
         const char *vals[8];
@@ -964,17 +981,7 @@ START_TEST(test_rewrite_random)
         static const char *const ek[] = {"temperature", "tools", "metadata", "user"};
         for (unsigned e = 0; e < extras; e++)
             keys[n] = ek[e], vals[n++] = NULL;
-        for (int i = n - 1; i > 0; i--) { /* shuffle */
-            int j = (int)gen_int(&g, (unsigned)i + 1);
-            const char *tk = keys[i], *tv = vals[i];
-            keys[i] = keys[j], vals[i] = vals[j];
-            keys[j] = tk, vals[j] = tv;
-        }
-        for (int i = 0; i < n; i++)
-            gen_member(&g, i == 0, keys[i], vals[i]);
-        gen_ws(&g);
-        gen_put(&g, "}");
-        gen_ws(&g);
+        gen_object(&g, keys, vals, n);
 
         const char *model = models[gen_int(&g, 5)];
         if (!model[0])
@@ -1066,7 +1073,6 @@ START_TEST(test_usage_random)
         g.len = 0;
         gen_put(&g, "");
         gen_ws(&g);
-        gen_put(&g, "{");
         const char *keys[6];
         const char *vals[6];
         int n = 0;
@@ -1082,17 +1088,7 @@ START_TEST(test_usage_random)
             keys[n] = "usage", vals[n++] = usages[gen_int(&g, 7)];
         if (gen_int(&g, 6) == 0) /* an escaped key: left to cJSON */
             keys[n] = "\\u0075sage", vals[n++] = usages[0];
-        for (int i = n - 1; i > 0; i--) {
-            int j = (int)gen_int(&g, (unsigned)i + 1);
-            const char *tk = keys[i], *tv = vals[i];
-            keys[i] = keys[j], vals[i] = vals[j];
-            keys[j] = tk, vals[j] = tv;
-        }
-        for (int i = 0; i < n; i++)
-            gen_member(&g, i == 0, keys[i], vals[i]);
-        gen_ws(&g);
-        gen_put(&g, "}");
-        gen_ws(&g);
+        gen_object(&g, keys, vals, n);
         size_t blen = g.len;
         unsigned damage = gen_int(&g, 8);
         if (damage == 0 && blen > 1)
