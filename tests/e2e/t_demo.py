@@ -21,18 +21,16 @@ LIMIT = int(os.environ.get("DEMO_LIMIT", "300"))
 SEED = 3
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2elib as E  # noqa: E402
 import demo_client  # noqa: E402  (the shuffle is checked against it)
 
 
 def wait_port(path, proc, what):
-    import time
-    for _ in range(400):
-        if os.path.exists(path) and os.path.getsize(path) > 0:
-            return int(open(path).read().strip())
-        if proc.poll() is not None:
-            raise AssertionError(f"{what} exited early ({proc.returncode})")
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: no port file")
+    try:
+        return E.wait_port_file(path, proc, 20.0, what)
+    except RuntimeError as e:  # a failed case, not a crashed script
+        raise AssertionError(str(e)) from None
 
 
 def main():

@@ -28,7 +28,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BANDITD = os.environ.get("BANDITD", os.path.join(ROOT, "build", "banditd"))
@@ -40,19 +39,18 @@ CASES = json.loads(os.environ.get("LVR_CASES", '[["balanced", 1, false], ["0.8",
 LIMIT = int(os.environ.get("LIVE_VS_REPLAY_LIMIT", "300"))
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2elib as E  # noqa: E402
 import demo_client  # noqa: E402  (load + the replay-identical shuffle)
 
 ROWS = demo_client.load(DATA)
 
 
 def wait_port(path, proc, what):
-    for _ in range(600):
-        if os.path.exists(path) and os.path.getsize(path) > 0:
-            return int(open(path).read().strip())
-        if proc.poll() is not None:
-            raise AssertionError(f"{what} exited early ({proc.returncode})")
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: no port file")
+    try:
+        return E.wait_port_file(path, proc, 30.0, what)
+    except RuntimeError as e:  # a failed case, not a crashed script
+        raise AssertionError(str(e)) from None
 
 
 def stop(procs):
