@@ -119,6 +119,18 @@ def banditd_path():
     return p
 
 
+def stop_procs(procs, timeout=10.0):
+    """SIGTERM each process still running, then SIGKILL it after timeout s."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
 def wait_port_file(path, proc, timeout=10.0, what="process", log=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -303,13 +315,7 @@ class FakeUpstream:
         return request(self.port, "GET", "/_fake/stats").json()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_procs([self.proc], timeout=5)
 
 
 def closed_port():

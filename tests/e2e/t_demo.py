@@ -116,13 +116,7 @@ def main():
               f"{pt['cost_saving']:.3f})")
         return 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        E.stop_procs(procs)
 
 
 if __name__ == "__main__":

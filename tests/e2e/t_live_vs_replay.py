@@ -53,15 +53,7 @@ def wait_port(path, proc, what):
         raise AssertionError(str(e)) from None
 
 
-def stop(procs):
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+stop = E.stop_procs
 
 
 def live(tmp, sport, pref, seed, store):
