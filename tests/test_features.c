@@ -2,6 +2,7 @@
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -286,6 +287,109 @@ START_TEST(test_hash_spread)
 }
 END_TEST
 
+/* Golden vectors: x must stay bit for bit what it has been (stored vectors,
+ * replays and documented figures depend on it), whichever scan runs (AVX2 or
+ * byte by byte). Each case is a digest of the bit patterns of x, recorded
+ * from the byte-by-byte scan. The texts reach every path: word and block
+ * (512 bytes) edges, whitespace runs, fences, UTF-8, the 64 KiB cap. */
+static uint64_t digest(const double *x, int d)
+{
+    uint64_t f = 0xcbf29ce484222325ULL;
+    for (int i = 0; i < d; i++) {
+        uint64_t b;
+        memcpy(&b, &x[i], sizeof(b));
+        f = (f ^ b) * 0x100000001b3ULL;
+    }
+    return f;
+}
+
+/* n bytes of mixed text from a fixed generator (no NUL). */
+static char *mixed_text(size_t n, uint64_t seed)
+{
+    static const char *pieces[] = {
+        "The ",         "quick ",   "BROWN ",       "fox_42 ",     "  ",    "\t\n",
+        "```",          "`",        "x=y+z*2/3^4 ", "<a>$%\\ ",    "why? ", "caf\xc3\xa9 ",
+        "\xe2\x80\x94", "\xff\x80", ", ",           "2024-11-28 ", "a",     "supercalifragilistic ",
+        "\r\n    ",     "__init__("};
+    char *s = malloc(n + 1);
+    ck_assert_ptr_nonnull(s);
+    size_t o = 0;
+    while (o < n) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        const char *pc = pieces[(seed >> 33) % (sizeof(pieces) / sizeof(pieces[0]))];
+        for (; *pc != '\0' && o < n; pc++)
+            s[o++] = *pc;
+    }
+    s[n] = '\0';
+    return s;
+}
+
+START_TEST(test_golden_vectors)
+{
+    static const uint64_t want[] = {
+        0x6bd3e2de1a183843ULL, 0x9fb197e9da8a1b83ULL, 0x1e874dc13eb1cf83ULL, 0x09b3644480c11786ULL,
+        0xdcc718982eb26bc5ULL, 0xb9c4c2227143f444ULL, 0x814c14de9ea91825ULL, 0x28251213dc1d5c5bULL,
+        0x529aa2f583998d43ULL, 0x0001719c870c562bULL, 0x9b941f28b65dc7c3ULL, 0x1b57d5e30d126615ULL,
+        0x2e60dbbcf0e4799bULL, 0x317dac9d40a027beULL, 0x78e9366a40a57e03ULL, 0xe347c0fa203ad9f8ULL,
+        0x401a03c6ba4e087dULL, 0xe65006438ce36626ULL, 0xaf6165947f380cb4ULL, 0xbf642f906866f1efULL,
+        0x56a2be626984840fULL, 0x6a866ff4483ab47bULL, 0xadd1d223e9449b3bULL, 0x8bfabd29df23d0c2ULL,
+        0x6e42424d13cf4a4cULL, 0xa82c2da979dff2f7ULL, 0x441eadb594f9c71cULL, 0x1d186a39fc93535bULL,
+        0x7af4e3741bd50496ULL, 0xc7baa7593e3a700dULL, 0x01e855429d89cc99ULL, 0xc3150fce7f9c5a97ULL,
+        0x2f8fe7af3a79645bULL, 0x6daf42d59ca3d1e9ULL, 0x06e86fa85fc4769eULL, 0x47ee57896a6d78eeULL,
+        0xc74840e4d03e0426ULL, 0xc7da2e34963d7262ULL, 0x7859befcb80b1d5bULL, 0x5989c5957211d6e3ULL,
+        0x0b43b9a40ed8bb47ULL, 0x7fb7ae65c412fdf0ULL, 0xff9b6e163b61ab54ULL, 0xf81f14c33600277dULL,
+    };
+    static double x[FEATURES_MAX_DIM];
+    const size_t lens[] = {0, 1, 2, 3, 40, 511, 512, 513, 1500, 3000, 66000};
+    const int dims[] = {FEATURES_MIN_DIM, 256, FEATURES_MAX_DIM};
+    size_t w = 0;
+    char got[4096] = "";
+    int bad = 0;
+    for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++) {
+        char *s = mixed_text(lens[l], l + 1);
+        for (size_t d = 0; d < sizeof(dims) / sizeof(dims[0]); d++) {
+            ck_assert_int_eq(features_from_prompt_tw(s, x, dims[d], d == 1 ? 0.5 : 2.0), BD_OK);
+            uint64_t v = digest(x, dims[d]);
+            bad |= w >= sizeof(want) / sizeof(want[0]) || want[w] != v;
+            w++;
+            snprintf(got + strlen(got), sizeof(got) - strlen(got), "0x%016llxULL, ",
+                     (unsigned long long)v);
+        }
+        /* the same text as a request: split into content parts, with the other cues */
+        cJSON *req = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(req, "messages");
+        cJSON *sys = cJSON_CreateObject(), *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(sys, "role", "system");
+        cJSON_AddStringToObject(sys, "content", "Be brief.");
+        cJSON_AddItemToArray(msgs, sys);
+        cJSON_AddStringToObject(m, "role", "user");
+        cJSON *parts = cJSON_AddArrayToObject(m, "content");
+        for (size_t at = 0, k = 0; at < lens[l] || k == 0; k++) {
+            size_t cut =
+                at + (lens[l] - at) / 2 + 1 > lens[l] ? lens[l] : at + (lens[l] - at) / 2 + 1;
+            char save = s[cut];
+            s[cut] = '\0';
+            cJSON *pt = cJSON_CreateObject();
+            cJSON_AddStringToObject(pt, "type", "text");
+            cJSON_AddStringToObject(pt, "text", s + at);
+            cJSON_AddItemToArray(parts, pt);
+            s[cut] = save;
+            at = cut;
+        }
+        cJSON_AddItemToArray(msgs, m);
+        cJSON_AddNumberToObject(req, "max_tokens", 300);
+        ck_assert_int_eq(features_from_request(req, x, 256), BD_OK);
+        uint64_t v = digest(x, 256);
+        bad |= w >= sizeof(want) / sizeof(want[0]) || want[w] != v;
+        w++;
+        snprintf(got + strlen(got), sizeof(got) - strlen(got), "0x%016llxULL, ",
+                 (unsigned long long)v);
+        cJSON_Delete(req);
+        free(s);
+    }
+    ck_assert_msg(!bad && w == sizeof(want) / sizeof(want[0]), "digests: %s", got);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("features");
@@ -302,6 +406,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_text_cap);
     tcase_add_test(tc, test_dim_range_and_errors);
     tcase_add_test(tc, test_hash_spread);
+    tcase_add_test(tc, test_golden_vectors);
     suite_add_tcase(s, tc);
     return s;
 }
