@@ -203,6 +203,39 @@ static double time_decision(router *r, cJSON *const *reqs, int nreq)
     return median(t, BATCHES);
 }
 
+/* Median time of router_decide alone (the scoring) on the features of req. */
+static double time_decide(router *r, const cJSON *req)
+{
+    double x[DIM], t[BATCHES];
+    struct router_decision d;
+    struct pref_weights w = {.quality = 0.7, .cost = 0.3, .latency = 0.0};
+    features_from_request(req, x, DIM);
+    const int iters = 500;
+    for (int b = 0; b < BATCHES; b++) {
+        double t0 = now_ns();
+        for (int i = 0; i < iters; i++)
+            if (router_decide(r, x, &w, 300, NULL, -1, &d) != 0)
+                abort();
+        t[b] = (now_ns() - t0) / iters;
+    }
+    return median(t, BATCHES);
+}
+
+/* How often the decisions since *r0 had to rescore arms more precisely. */
+static void print_refines(const router *r, int n_arms, uint64_t calls,
+                          const struct router_refine_stats *r0)
+{
+    struct router_refine_stats r1;
+    router_refine_stats(r, &r1);
+    double c = (double)calls;
+    printf("refined %2d arms: fine %.2f%% of %llu decisions (%.3f arms each), exact %.2f%% "
+           "(%.3f arms each)\n",
+           n_arms, 100.0 * (double)(r1.fine_decisions - r0->fine_decisions) / c,
+           (unsigned long long)calls, (double)(r1.fine_arms - r0->fine_arms) / c,
+           100.0 * (double)(r1.exact_decisions - r0->exact_decisions) / c,
+           (double)(r1.exact_arms - r0->exact_arms) / c);
+}
+
 static double time_feedback(router *r, const cJSON *req, int iters)
 {
     double x[DIM], t[BATCHES];
@@ -247,6 +280,8 @@ int main(void)
         if (r == NULL)
             return 1;
         warm(r, &rng, 200);
+        struct router_refine_stats r0;
+        router_refine_stats(r, &r0);
         double td = time_decision(r, &req, 1);
         printf("decision (features+decide) %2d arms  median %8.0f ns  %7.2f us\n", arms[k], td,
                td / 1e3);
@@ -254,6 +289,9 @@ int main(void)
             double tdv = time_decision(r, var, VARIANTS);
             printf("decision (features+decide)  8 arms, varied  median %8.0f ns  %7.2f us\n", tdv,
                    tdv / 1e3);
+            print_refines(r, arms[k], 2 * 500 * BATCHES, &r0);
+            double ts = time_decide(r, req);
+            printf("router_decide alone  8 arms  median %8.0f ns  %7.2f us\n", ts, ts / 1e3);
             double tb = time_feedback(r, req, 200);
             printf("feedback (router_feedback, gamma=1)  median %8.0f ns  %7.2f us\n", tb,
                    tb / 1e3);

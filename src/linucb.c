@@ -17,7 +17,15 @@
  * floats instead of d² doubles, a quarter of the memory traffic, which is
  * what bounds a decision over many arms (8 arms at d=256: 1 MiB instead of
  * 4 MiB). The relative error of width² is ~1e-6, far below anything that
- * matters to a ranking by mean + α·width. */
+ * matters to a ranking by mean + α·width.
+ *
+ * Decisions first read an 8-bit copy of A⁻¹ (linucb_score_approx*, a quarter
+ * of P's bytes: 8 arms at d=256 fit a 512 KiB L2), integer products
+ * (vpmaddwd) against a 16-bit quantization of x, with a rigorous bound on the
+ * difference to linucb_score's width² (score_quant); a second 8-bit plane
+ * makes it a 16-bit copy (linucb_score_fine_many) for the arms the coarse
+ * bound leaves undecided; the router falls back to linucb_score only when
+ * that does not settle the argmax either. */
 #include "banditd/linucb.h"
 
 #include <assert.h>
@@ -44,15 +52,27 @@ struct linucb {
     double *work; /* d×d scratch (Cholesky) */
     float *P;     /* packed upper triangle of A⁻¹, rows i = 0..d-1, cols j >= i */
     float *xs;    /* dp scratch (score), zero-padded; mutated by the const score: single owner */
-    /* Half-precision copy for linucb_score_approx (x86-64 with F16C only,
-     * else NULL): H = fp16(s·A⁻¹) with s = 1/max diag (so |H| <= 1), the
-     * diagonal halved and the lower triangle zero, in groups of 8 rows; group g
-     * holds rows 8g..8g+7, columns 8g..dp-1, stored chunk by chunk (8 columns ×
-     * 8 rows = 64 halves) so the kernel streams it linearly. */
-    uint16_t *H;
-    float *hsd;  /* sqrt of the scaled diagonal s·A⁻¹_ii (for the error bound) */
-    double hinv; /* 1/s */
-    int dp;      /* d rounded up to a multiple of 8 */
+    /* Quantized copy for linucb_score_approx (x86-64 with AVX2 only, else
+     * NULL). H = s·A⁻¹, s = 1/max diag (so |H| <= 1). Off the diagonal, row i
+     * of the upper triangle is Q_ij·m2_i with Q_ij = round(H_ij/m2_i), an
+     * integer of at most 32512 in magnitude (m2_i = max_j |H_ij| / 32512),
+     * split as Q = 256·q1 + q2 with q1 in [-127, 127] and q2 in [-128, 127]:
+     * the coarse plane Q1 holds q1 (values q1·m1_i, m1 = 256·m2: 8 bits per
+     * entry, half the bytes of half precision), the fine plane Q2 holds q2
+     * (with Q1, 16 bits per entry). The diagonal is hd, in single
+     * precision. A plane is in groups of 8 rows: group g holds rows
+     * 8g..8g+7, columns 16·floor(g/2)..dp16-1 (zero at and below the
+     * diagonal), chunk by chunk (16 columns × 8 rows = 128 bytes, row by
+     * row) so the kernel streams it linearly. */
+    int8_t *Q1, *Q2;
+    float *aux;    /* 6 arrays of dp, zero-padded: hd, hsd = sqrt(hd), m1, m2, R1, R2
+                    * (R_L: row sums of the stored |values| of plane level L) */
+    int16_t *xi;   /* dp16 scratch (score: quantized x; refresh: one row of Q) */
+    double hinv;   /* 1/s */
+    double enorm1; /* >= ‖E₁‖₂, E₁ = (coarse values) − H off the diagonal */
+    double enorm2; /* >= ‖E₂‖₂, the same for the fine values Q·m2 */
+    int dp, dp16;  /* d rounded up to a multiple of 8, of 16 */
+    size_t nchunk; /* chunks per plane */
 };
 
 static int all_finite(const double *v, size_t n)
@@ -63,12 +83,15 @@ static int all_finite(const double *v, size_t n)
     return 1;
 }
 
-static void refresh_half(linucb *m);
+static int refresh_half(linucb *m);
 static int half_supported(void);
 
+/* Refresh P (and the quantized copy, which also writes P while each row of
+ * A⁻¹ is in cache, when there is one). */
 static void refresh_packed(linucb *m)
 {
-    refresh_half(m);
+    if (refresh_half(m))
+        return;
     int d = m->d;
     float *p = m->P;
     for (int i = 0; i < d; i++) {
@@ -169,16 +192,21 @@ linucb *linucb_create(int dim, double lambda, double mu0, double forgetting, int
     m->u = malloc(d * sizeof(double));
     m->P = malloc(d * (d + 1) / 2 * sizeof(float));
     m->dp = (int)((d + 7) / 8 * 8);
-    m->xs = calloc((size_t)m->dp, sizeof(float));
+    m->dp16 = (int)((d + 15) / 16 * 16);
+    m->xs = calloc((size_t)m->dp16, sizeof(float));
     if (!m->A || !m->Ainv || !m->work || !m->b || !m->theta || !m->u || !m->P || !m->xs) {
         linucb_destroy(m);
         return NULL;
     }
     if (half_supported()) {
-        size_t g = (size_t)m->dp / 8;
-        m->H = malloc(32 * g * (g + 1) * sizeof(uint16_t));
-        m->hsd = malloc(d * sizeof(float));
-        if (!m->H || !m->hsd) {
+        for (int g = 0; g < m->dp / 8; g++)
+            m->nchunk += (size_t)(m->dp16 - 16 * (g / 2)) / 16;
+        /* 64-byte aligned: a chunk is two whole cache lines */
+        m->Q1 = aligned_alloc(64, 128 * m->nchunk);
+        m->Q2 = aligned_alloc(64, 128 * m->nchunk);
+        m->aux = calloc(6 * (size_t)m->dp, sizeof(float));
+        m->xi = calloc((size_t)m->dp16, sizeof(int16_t));
+        if (!m->Q1 || !m->Q2 || !m->aux || !m->xi) {
             linucb_destroy(m);
             return NULL;
         }
@@ -199,8 +227,10 @@ void linucb_destroy(linucb *m)
     free(m->u);
     free(m->P);
     free(m->xs);
-    free(m->H);
-    free(m->hsd);
+    free(m->Q1);
+    free(m->Q2);
+    free(m->aux);
+    free(m->xi);
     free(m);
 }
 
@@ -284,8 +314,7 @@ static double quad_packed_generic(const float *P, const float *x, int d)
     return total;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(BANDITD_NO_SIMD)
 #include <immintrin.h>
 #define HAVE_AVX2_KERNEL 1
 
@@ -378,11 +407,110 @@ __attribute__((target("avx2,fma"))) static double quad_packed_avx2(const float *
     }
     return total;
 }
-/* ---- half-precision copy: refresh, kernel, approximate score ---- */
+/* ---- quantized copy: refresh, kernel, approximate scores ---- */
 
-__attribute__((target("avx2,fma,f16c"))) static void refresh_half_f16c(linucb *m)
+/* Horizontal sum of four doubles. */
+__attribute__((target("avx2,fma"))) static inline double hsum4(__m256d v)
 {
-    int d = m->d, dp = m->dp, G = dp / 8;
+    double t[4];
+    _mm256_storeu_pd(t, v);
+    return (t[0] + t[1]) + (t[2] + t[3]);
+}
+
+/* One row of the upper triangle, j in [j0, d): Q_ij into qrow[j]; returns
+ * Σ E1_ij² (E1_ij = q1_ij·m1 − H_ij, the coarse storage error) and adds
+ * Σ |q1_ij·m1| to *r1. */
+__attribute__((target("avx2,fma"))) static double quant_row(const double *row, int j0, int d,
+                                                            double sc, float m1f, float m2f,
+                                                            int16_t *qrow, double *r1)
+{
+    double inv = 1.0 / (double)m2f, u1 = (double)m1f;
+    const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL));
+    const __m256d vs = _mm256_set1_pd(sc), vi = _mm256_set1_pd(inv), v1 = _mm256_set1_pd(u1);
+    const __m256d lim = _mm256_set1_pd(32512.0), nlim = _mm256_set1_pd(-32512.0);
+    const __m256d half8 = _mm256_set1_pd(128.0), s8 = _mm256_set1_pd(1.0 / 256.0);
+    __m256d f1 = _mm256_setzero_pd(), a1 = f1;
+    int j = j0;
+    for (; j + 4 <= d; j += 4) {
+        __m256d v = _mm256_mul_pd(vs, _mm256_loadu_pd(row + j));
+        __m256d q =
+            _mm256_round_pd(_mm256_mul_pd(v, vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm256_min_pd(lim, _mm256_max_pd(nlim, q));
+        __m256d t1 = _mm256_mul_pd(_mm256_floor_pd(_mm256_mul_pd(_mm256_add_pd(q, half8), s8)), v1);
+        __m256d x1 = _mm256_sub_pd(t1, v);
+        f1 = _mm256_fmadd_pd(x1, x1, f1);
+        a1 = _mm256_add_pd(a1, _mm256_and_pd(t1, absmask));
+        __m128i qi = _mm256_cvtpd_epi32(q);
+        _mm_storel_epi64((__m128i *)(void *)(qrow + j), _mm_packs_epi32(qi, qi));
+    }
+    double f = hsum4(f1), a = hsum4(a1);
+    for (; j < d; j++) {
+        double v = sc * row[j];
+        double q = fmin(32512.0, fmax(-32512.0, nearbyint(v * inv)));
+        double t1 = floor((q + 128.0) / 256.0) * u1;
+        f += (t1 - v) * (t1 - v);
+        a += fabs(t1);
+        qrow[j] = (int16_t)q;
+    }
+    *r1 += a;
+    return f;
+}
+
+/* max_{j in [j0, d)} |sc·row[j]| */
+__attribute__((target("avx2,fma"))) static double row_absmax(const double *row, int j0, int d,
+                                                             double sc)
+{
+    const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL));
+    __m256d mx = _mm256_setzero_pd();
+    int j = j0;
+    for (; j + 4 <= d; j += 4)
+        mx = _mm256_max_pd(mx, _mm256_and_pd(_mm256_loadu_pd(row + j), absmask));
+    double t[4];
+    _mm256_storeu_pd(t, mx);
+    double m = fmax(fmax(t[0], t[1]), fmax(t[2], t[3]));
+    for (; j < d; j++)
+        m = fmax(m, fabs(row[j]));
+    return m * sc;
+}
+
+/* The chunks of row k of a group (columns c0..dp16-1 of qrow): Q = 256·q1 +
+ * q2 with q1 = floor((Q + 128)/256) (an arithmetic shift), q2 = Q − 256·q1. */
+__attribute__((target("avx2,fma"))) static void split_row(const int16_t *qrow, int c0, int dp16,
+                                                          int8_t *p1, int8_t *p2)
+{
+    const __m256i r = _mm256_set1_epi16(128);
+    for (int c = c0; c < dp16; c += 16, p1 += 128, p2 += 128) {
+        __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(qrow + c));
+        __m256i hi = _mm256_srai_epi16(_mm256_add_epi16(q, r), 8);
+        __m256i lo = _mm256_sub_epi16(q, _mm256_slli_epi16(hi, 8));
+        /* packs interleaves the 128-bit lanes: (hi 0-7, lo 0-7, hi 8-15, lo 8-15) */
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi16(hi, lo), 0xd8);
+        _mm_storeu_si128((__m128i *)(void *)p1, _mm256_castsi256_si128(p));
+        _mm_storeu_si128((__m128i *)(void *)p2, _mm256_extracti128_si256(p, 1));
+    }
+}
+
+/* Row i of P: (float)row[i..d-1]. */
+__attribute__((target("avx2,fma"))) static void packed_row(const double *row, int i, int d,
+                                                           float *p)
+{
+    int j = i;
+    for (; j + 4 <= d; j += 4, p += 4)
+        _mm_storeu_ps(p, _mm256_cvtpd_ps(_mm256_loadu_pd(row + j)));
+    for (; j < d; j++)
+        *p++ = (float)row[j];
+}
+
+/* Rebuild P and the quantized copy from A⁻¹ (see struct linucb): hd, hsd, the row
+ * multipliers m1, m2, the planes, the row sums R1, R2 of |stored values| (R2
+ * bounded: |Q·m2| <= |q1·m1| + 128·m2) and the bounds enorm1, enorm2 on the
+ * spectral norms of the storage errors E_L = H_L − s·A⁻¹ (symmetric, zero
+ * diagonal) by their Frobenius norms: for E1 summed from the stored values,
+ * for E2 from |E2_ij| <= (1/2 + 2^-30)·m2_i (Q is the nearest integer to
+ * H_ij/m2_i, up to the rounding of that quotient). */
+__attribute__((target("avx2,fma"))) static void refresh_quant(linucb *m)
+{
+    int d = m->d, dp = m->dp, dp16 = m->dp16, G = dp / 8;
     const double *Ai = m->Ainv;
     double mx = 0.0;
     for (int i = 0; i < d; i++)
@@ -392,91 +520,116 @@ __attribute__((target("avx2,fma,f16c"))) static void refresh_half_f16c(linucb *m
         mx = 1.0;
     double sc = 1.0 / mx;
     m->hinv = mx;
-    for (int i = 0; i < d; i++) {
-        double v = sc * Ai[(size_t)i * d + i];
-        m->hsd[i] = (float)sqrt(v > 0.0 ? v : 0.0);
-    }
-    uint16_t *h = m->H;
-    const __m256d s4 = _mm256_set1_pd(sc);
+    float *hd = m->aux, *hsd = hd + dp, *m1 = hsd + dp, *m2 = m1 + dp, *R1 = m2 + dp, *R2 = R1 + dp;
+    double fro1 = 0.0, fro2 = 0.0;
+    int16_t *qrow = m->xi; /* scratch here: one row of Q */
+    int8_t *p1 = m->Q1, *p2 = m->Q2;
     for (int g = 0; g < G; g++) {
-        for (int c = g; c < G; c++) {
-            for (int k = 0; k < 8; k++) {
-                int i = 8 * g + k, j0 = 8 * c;
-                __m256 v;
-                if (c > g && i < d && j0 + 8 <= d) {
-                    const double *row = Ai + (size_t)i * d + j0;
-                    __m128 lo = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(row), s4));
-                    __m128 hi = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_loadu_pd(row + 4), s4));
-                    v = _mm256_set_m128(hi, lo);
-                } else {
-                    float t[8];
-                    for (int u = 0; u < 8; u++) {
-                        int j = j0 + u;
-                        double a = (i < d && j < d && j >= i) ? sc * Ai[(size_t)i * d + j] : 0.0;
-                        t[u] = (float)(j == i ? 0.5 * a : a);
-                    }
-                    v = _mm256_loadu_ps(t);
-                }
-                _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
-                h += 8;
+        int c0 = 16 * (g / 2);
+        for (int k = 0; k < 8; k++) {
+            int i = 8 * g + k;
+            memset(qrow + c0, 0, (size_t)(dp16 - c0) * sizeof(int16_t));
+            if (i < d) {
+                const double *row = Ai + (size_t)i * d;
+                /* the next row's upper part, while this one is processed */
+                if (i + 1 < d)
+                    for (int j = i + 2; j < d; j += 8)
+                        _mm_prefetch((const char *)(row + d + j), _MM_HINT_T0);
+                packed_row(row, i, d, m->P + (size_t)i * d - (size_t)i * (i - 1) / 2);
+                double v = sc * row[i];
+                hd[i] = (float)(v > 0.0 ? v : 0.0);
+                hsd[i] = (float)sqrt((double)hd[i]);
+                m2[i] = (float)(row_absmax(row, i + 1, d, sc) / 32512.0);
+                m1[i] = 256.0f * m2[i];
+                double r1 = 0.0, n = (double)(d - 1 - i), e2 = (0.5 + 0x1p-30) * (double)m2[i];
+                if (m2[i] > 0.0f)
+                    fro1 += quant_row(row, i + 1, d, sc, m1[i], m2[i], qrow, &r1);
+                fro2 += n * e2 * e2;
+                /* rounded up: they only enter the bound */
+                R1[i] = (float)(r1 * (1.0 + 0x1p-20));
+                R2[i] = (float)((r1 + 128.0 * n * (double)m2[i]) * (1.0 + 0x1p-20));
             }
+            split_row(qrow, c0, dp16, p1 + 16 * k, p2 + 16 * k);
         }
+        size_t nc = (size_t)(dp16 - c0) / 16;
+        p1 += 128 * nc;
+        p2 += 128 * nc;
+    }
+    /* ‖E‖₂ <= ‖E‖_F, and E has both triangles: ‖E‖_F² = 2·Σ over the upper
+     * one. 2^-40 covers the double sums. */
+    m->enorm1 = sqrt(2.0 * fro1) * (1.0 + 0x1p-40);
+    m->enorm2 = sqrt(2.0 * fro2) * (1.0 + 0x1p-40);
+}
+
+/* out[k] = the eight lanes of v_k summed in double, in order. */
+__attribute__((target("avx2,fma"))) static void lane_sums4(__m256 v0, __m256 v1, __m256 v2,
+                                                           __m256 v3, double out[4])
+{
+    __m256 v[4] = {v0, v1, v2, v3};
+    for (int k = 0; k < 4; k++) {
+        float f[8];
+        _mm256_storeu_ps(f, v[k]);
+        double sum = 0.0;
+        for (int l = 0; l < 8; l++)
+            sum += f[l];
+        out[k] = sum;
     }
 }
 
-/* xᵀHx/2 summed as Σ_g Σ_c (Σ_k x_{8g+k}·H[8g+k][8c..8c+7]) · x[8c..8c+7]: each
- * chunk of 64 halves is read once, in storage order. */
-__attribute__((target("avx2,fma,f16c"))) static double quad_half_f16c(const uint16_t *H,
-                                                                      const float *x, int dp)
+/* Σ_i c_i·S_i with S_i = Σ_{j>i} q_ij·ξ_j (q: one plane, ξ: quantized x,
+ * both exact integers, summed exactly in 32 bits: |S_i| < 2^31 by the choice
+ * of ξ's range) and c_i = xs_i·mult_i in single precision; each group of 8
+ * rows adds its eight c_i·S_i in double. A chunk is 8 rows × 16 columns,
+ * each row's 16 bytes widened to 16-bit and multiplied in pairs (vpmaddwd). */
+__attribute__((target("avx2,fma"))) static double quad_i8(const int8_t *Q, const float *mult,
+                                                          const int16_t *xi, const float *xs,
+                                                          int dp, int dp16, const float *aux,
+                                                          double rs[4])
 {
     int G = dp / 8;
-    const uint16_t *h = H;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-#define HV(o) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + (o))))
+    const __m128i *h = (const __m128i *)(const void *)Q;
+    __m256d tot = _mm256_setzero_pd();
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 sc = _mm256_setzero_ps(), sq = sc, st1 = sc, st2 = sc;
+#define MADD(k) _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_load_si128(h + (k))), xv)
     for (int g = 0; g < G; g++) {
-        const float *xg = x + 8 * g;
-        __m256 b0 = _mm256_broadcast_ss(xg), b1 = _mm256_broadcast_ss(xg + 1);
-        __m256 b2 = _mm256_broadcast_ss(xg + 2), b3 = _mm256_broadcast_ss(xg + 3);
-        __m256 b4 = _mm256_broadcast_ss(xg + 4), b5 = _mm256_broadcast_ss(xg + 5);
-        __m256 b6 = _mm256_broadcast_ss(xg + 6), b7 = _mm256_broadcast_ss(xg + 7);
-        int c = g;
-        for (; c + 1 < G; c += 2) {
-            __m256 y0 = _mm256_mul_ps(HV(0), b0), y1 = _mm256_mul_ps(HV(8), b1);
-            __m256 z0 = _mm256_mul_ps(HV(64), b0), z1 = _mm256_mul_ps(HV(72), b1);
-            y0 = _mm256_fmadd_ps(HV(16), b2, y0);
-            y1 = _mm256_fmadd_ps(HV(24), b3, y1);
-            z0 = _mm256_fmadd_ps(HV(80), b2, z0);
-            z1 = _mm256_fmadd_ps(HV(88), b3, z1);
-            y0 = _mm256_fmadd_ps(HV(32), b4, y0);
-            y1 = _mm256_fmadd_ps(HV(40), b5, y1);
-            z0 = _mm256_fmadd_ps(HV(96), b4, z0);
-            z1 = _mm256_fmadd_ps(HV(104), b5, z1);
-            y0 = _mm256_fmadd_ps(HV(48), b6, y0);
-            y1 = _mm256_fmadd_ps(HV(56), b7, y1);
-            z0 = _mm256_fmadd_ps(HV(112), b6, z0);
-            z1 = _mm256_fmadd_ps(HV(120), b7, z1);
-            acc0 = _mm256_fmadd_ps(_mm256_add_ps(y0, y1), _mm256_loadu_ps(x + 8 * c), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_add_ps(z0, z1), _mm256_loadu_ps(x + 8 * c + 8), acc1);
-            h += 128;
+        __m256i r0 = _mm256_setzero_si256(), r1 = r0, r2 = r0, r3 = r0;
+        __m256i r4 = r0, r5 = r0, r6 = r0, r7 = r0;
+        for (int c = 16 * (g / 2); c < dp16; c += 16, h += 8) {
+            __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(xi + c));
+            r0 = _mm256_add_epi32(r0, MADD(0));
+            r1 = _mm256_add_epi32(r1, MADD(1));
+            r2 = _mm256_add_epi32(r2, MADD(2));
+            r3 = _mm256_add_epi32(r3, MADD(3));
+            r4 = _mm256_add_epi32(r4, MADD(4));
+            r5 = _mm256_add_epi32(r5, MADD(5));
+            r6 = _mm256_add_epi32(r6, MADD(6));
+            r7 = _mm256_add_epi32(r7, MADD(7));
         }
-        if (c < G) {
-            __m256 y0 = _mm256_mul_ps(HV(0), b0), y1 = _mm256_mul_ps(HV(8), b1);
-            y0 = _mm256_fmadd_ps(HV(16), b2, y0);
-            y1 = _mm256_fmadd_ps(HV(24), b3, y1);
-            y0 = _mm256_fmadd_ps(HV(32), b4, y0);
-            y1 = _mm256_fmadd_ps(HV(40), b5, y1);
-            y0 = _mm256_fmadd_ps(HV(48), b6, y0);
-            y1 = _mm256_fmadd_ps(HV(56), b7, y1);
-            acc0 = _mm256_fmadd_ps(_mm256_add_ps(y0, y1), _mm256_loadu_ps(x + 8 * c), acc0);
-            h += 64;
+        /* S = (Σ r0, ..., Σ r7): two rounds of pairwise sums, then the halves */
+        __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(r0, r1), _mm256_hadd_epi32(r2, r3));
+        __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(r4, r5), _mm256_hadd_epi32(r6, r7));
+        __m256i s = _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
+                                     _mm256_permute2x128_si256(a, b, 0x31));
+        __m256 xv = _mm256_loadu_ps(xs + 8 * g);
+        __m256 p =
+            _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(xv, _mm256_loadu_ps(mult + 8 * g)));
+        tot = _mm256_add_pd(tot, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(p)),
+                                               _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1))));
+        if (aux != NULL) { /* the sums of score_quant's rs, eight lanes */
+            __m256 xa = _mm256_and_ps(xv, absmask);
+            sc = _mm256_fmadd_ps(_mm256_loadu_ps(aux + dp + 8 * g), xa, sc);
+            sq = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(aux + 8 * g), xv), xv, sq);
+            st1 = _mm256_fmadd_ps(_mm256_loadu_ps(aux + 4 * dp + 8 * g), xa, st1);
+            st2 = _mm256_fmadd_ps(_mm256_loadu_ps(aux + 5 * dp + 8 * g), xa, st2);
         }
     }
-#undef HV
-    __m256 a = _mm256_add_ps(acc0, acc1);
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    float v[4];
-    _mm_storeu_ps(v, q);
-    return 2.0 * (((double)v[0] + (double)v[1]) + ((double)v[2] + (double)v[3]));
+#undef MADD
+    if (aux != NULL)
+        lane_sums4(sc, sq, st1, st2, rs);
+    double v[4];
+    _mm256_storeu_pd(v, tot);
+    return (v[0] + v[1]) + (v[2] + v[3]);
 }
 
 static int avx2_supported(void)
@@ -489,23 +642,18 @@ static int avx2_supported(void)
     return have;
 }
 
-/* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does
- * not know "f16c". AVX2 being usable implies the OS saves the AVX state. */
+/* The quantized copy needs nothing beyond AVX2+FMA. */
 static int half_supported(void)
 {
-    static int have = -1; /* benign race: every thread computes the same value */
-    if (have < 0) {
-        unsigned int eax, ebx, ecx = 0, edx;
-        int f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
-        have = avx2_supported() && f16c;
-    }
-    return have;
+    return avx2_supported();
 }
 
-static void refresh_half(linucb *m)
+static int refresh_half(linucb *m)
 {
-    if (m->H != NULL)
-        refresh_half_f16c(m);
+    if (m->Q1 == NULL)
+        return 0;
+    refresh_quant(m);
+    return 1;
 }
 #else
 static int half_supported(void)
@@ -513,9 +661,10 @@ static int half_supported(void)
     return 0;
 }
 
-static void refresh_half(linucb *m)
+static int refresh_half(linucb *m)
 {
     (void)m;
+    return 0;
 }
 #endif
 
@@ -570,11 +719,10 @@ __attribute__((target("avx2,fma"))) static double theta_dot_avx2(const linucb *m
     return dot;
 }
 
-/* xs = (float)x; returns Σ|xs_i| (eight single-precision lanes summed in
- * order, then the tail in double), the l1 of the error bound. */
+/* xs = (float)x; returns Σ xs_i² (eight single-precision lanes, then the
+ * tail, summed in double), the ‖x‖² of the error bound. */
 __attribute__((target("avx2,fma"))) static double convert_x_avx2(float *xs, const double *x, int d)
 {
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 l = _mm256_setzero_ps();
     int i = 0;
     for (; i + 8 <= d; i += 8) {
@@ -582,7 +730,7 @@ __attribute__((target("avx2,fma"))) static double convert_x_avx2(float *xs, cons
         __m128 hi = _mm256_cvtpd_ps(_mm256_loadu_pd(x + i + 4));
         __m256 xf = _mm256_set_m128(hi, lo);
         _mm256_storeu_ps(xs + i, xf);
-        l = _mm256_add_ps(l, _mm256_and_ps(xf, absmask));
+        l = _mm256_fmadd_ps(xf, xf, l);
     }
     float lv[8];
     _mm256_storeu_ps(lv, l);
@@ -591,29 +739,52 @@ __attribute__((target("avx2,fma"))) static double convert_x_avx2(float *xs, cons
         ll += lv[k];
     for (; i < d; i++) {
         xs[i] = (float)x[i];
-        ll += fabs((double)xs[i]);
+        ll += (double)xs[i] * (double)xs[i];
     }
     return ll;
 }
 
-/* Σ hsd_i·|xs_i| in the same order as convert_x_avx2's sum. */
-__attribute__((target("avx2,fma"))) static double hsd_sum_avx2(const float *hsd, const float *xs,
-                                                               int d)
+/* x as the quantized scores see it (one per decision, shared by the arms). */
+struct xquant {
+    const float *xs;   /* (float)x, zero-padded to dp16 */
+    const int16_t *xi; /* ξ_j = round(xs_j/sx), |ξ_j| <= ximax (zero-padded) */
+    double l2;         /* Σ xs_i² */
+    double maxabs;     /* max |xs_i| */
+    double sx;         /* the step: x̃_j = sx·ξ_j, |x̃_j − xs_j| <= 0.502·sx */
+};
+
+/* xi from xs (dp16 entries) with ximax = min(32767, 2^24/dp16 − 1), so that
+ * every S_i of quad_i8 (<= 128·ximax·dp16 in magnitude) fits 31 bits. The
+ * product xs·inv is rounded once in single precision (<= 32767·2^-24 < 0.002
+ * off), then to the nearest integer: |ξ_j − xs_j/sx| <= 0.502 with
+ * sx = 1/inv exactly. */
+__attribute__((target("avx2,fma"))) static void quantize_x_avx2(struct xquant *q, int16_t *xi,
+                                                                int dp16)
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    __m256 c = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 8 <= d; i += 8)
-        c = _mm256_fmadd_ps(_mm256_loadu_ps(hsd + i),
-                            _mm256_and_ps(_mm256_loadu_ps(xs + i), absmask), c);
-    float cv[8];
-    _mm256_storeu_ps(cv, c);
-    double cc = 0.0;
+    __m256 mx = _mm256_setzero_ps();
+    for (int i = 0; i < dp16; i += 8)
+        mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(q->xs + i), absmask));
+    float f[8];
+    _mm256_storeu_ps(f, mx);
+    float m = 0.0f;
     for (int k = 0; k < 8; k++)
-        cc += cv[k];
-    for (; i < d; i++)
-        cc += (double)hsd[i] * fabs((double)xs[i]);
-    return cc;
+        m = f[k] > m ? f[k] : m;
+    int ximax = 16777216 / dp16 - 1;
+    if (ximax > 32767)
+        ximax = 32767;
+    float inv = m > 0.0f ? (float)ximax / m : 0.0f;
+    q->maxabs = (double)m;
+    q->sx = inv > 0.0f ? 1.0 / (double)inv : 0.0;
+    const __m256 iv = _mm256_set1_ps(inv);
+    for (int i = 0; i < dp16; i += 16) {
+        __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(q->xs + i), iv));
+        __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(q->xs + i + 8), iv));
+        /* packs interleaves the 128-bit lanes: put them back in order */
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8);
+        _mm256_storeu_si256((__m256i *)(void *)(xi + i), p);
+    }
+    q->xi = xi;
 }
 
 __attribute__((target("avx2,fma"))) static double prologue_avx2(const linucb *m, const double *x)
@@ -647,45 +818,90 @@ void linucb_score(const linucb *m, const double *x, double *mean, double *width)
 }
 
 #ifdef HAVE_AVX2_KERNEL
-/* One model's half-precision score on xs = (float)x (zero-padded to dp), with
- * l1 = Σ|xs_i| rounded up: see linucb_score_approx. */
-static void score_half(const linucb *m, const double *x, const float *xs, double l1, double *mean,
-                       double *width, double *qerr)
+/* One model's quantized score (fine: both planes, else the coarse one): see
+ * linucb_score_approx and linucb_score_fine_many.
+ *
+ * The bound, in the scaled units of H = s·A⁻¹ (s = 1/hinv), between
+ *   Q̃ = 2·sx·fl(Σ_i xs_i·m_i·S_i) + fl(Σ hd_i·xs_i²)   (this function),
+ *       S_i = Σ_{j>i} q_ij·ξ_j, i.e. Q̃ ≈ 2·Σ_{i<j} H̃_ij·xs_i·x̃_j + diagonal,
+ *   Q  = s·fl(xsᵀ·P·xs), P = fp32(A⁻¹)                  (linucb_score),
+ * both on the same xs (so x's rounding to single precision does not count):
+ * - storage: H̃ − H = E off the diagonal, so |xsᵀ·E·xs| <= enorm·l2 (enorm
+ *   from the stored values, refresh_quant); hd and P are H and A⁻¹ rounded
+ *   to single precision (<= 2^-24 relative each).
+ * - x's quantization: |2·Σ_{i<j} H̃_ij·xs_i·(x̃_j − xs_j)| <= 1.004·sx·Σ_i
+ *   |xs_i|·R_i = 1.004·sx·t (R_i = Σ_{j>i} |H̃_ij|, rounded up).
+ * - the products c_i = xs_i·m_i, float(S_i) and c_i·S_i: 3 roundings per
+ *   row (S_i itself is exact), on Σ|terms| <= maxabs·t, twice (Q̃ has 2·):
+ *   <= 6.1·2^-24·maxabs·t < 2^-20·maxabs·t (the fine level has two planes:
+ *   t1 + t2).
+ * - single-precision sums of the diagonal (<= dp/8 + 3 roundings per term)
+ *   and of linucb_score (<= d/16 + 5, quad_packed_avx2), and the rounding
+ *   of hd and P: (dp/8 + d/16 + 10)·2^-24 times Σ|H_ij||xs_i||xs_j| <= cs²
+ *   (|H_ij| <= sqrt(H_ii·H_jj), H being positive semi-definite).
+ * The sums l2, cs and t (<= dp/8 + 2 roundings, < 2^-11 for d <= 65536) and
+ * the products by hinv are covered by the factor 1 + 2^-10, and products
+ * that underflow (< 2^-126) by the absolute 2^-100·(1 + hinv). */
+static void score_quant(const linucb *m, const double *x, const struct xquant *xq, int fine,
+                        double *mean, double *width, double *qerr)
 {
+    int dp = m->dp;
+    const float *m1 = m->aux + 2 * dp, *m2 = m->aux + 3 * dp;
     *mean = m->mu0 + theta_dot_avx2(m, x);
-    /* single-precision partial sums of <= d/8 terms: 1e-5 covers them */
-    double cs = hsd_sum_avx2(m->hsd, xs, m->d) * (1.0 + 1e-5);
-    double q = quad_half_f16c(m->H, xs, m->dp) * m->hinv;
+    /* rs = {Σ hsd_i·|xs_i|, Σ hd_i·xs_i², Σ R1_i·|xs_i|, Σ R2_i·|xs_i|}
+     * over the dp (zero-padded) entries, eight single-precision lanes each,
+     * the lanes summed in double */
+    double rs[4];
+    double k = quad_i8(m->Q1, m1, xq->xi, xq->xs, dp, m->dp16, m->aux, rs);
+    if (fine)
+        k += quad_i8(m->Q2, m2, xq->xi, xq->xs, dp, m->dp16, NULL, NULL);
+    double q = (2.0 * xq->sx * k + rs[1]) * m->hinv;
     *width = sqrt(q > 0.0 ? q : 0.0);
-    /* |H̃ − H| <= 2^-11·|H| per normal half (|H_ij| <= sqrt(H_ii·H_jj) as H is
-     * PSD, so Σ|H_ij||x_i||x_j| <= cs²), <= 2^-25 absolute for subnormals;
-     * 2^-14·cs² covers the single-precision sums and x's rounding (and the
-     * exact kernel's own rounding, so the interval also holds its value). */
-    *qerr = ((0x1p-11 + 0x1p-14) * cs * cs + 0x1p-24 * l1 * l1) * m->hinv;
+    double sums = ((double)dp / 8.0 + (double)m->d / 16.0 + 12.0) * 0x1p-24 * rs[0] * rs[0];
+    double e =
+        fine ? m->enorm2 * xq->l2 + 1.004 * xq->sx * rs[3] + 0x1p-20 * xq->maxabs * (rs[2] + rs[3])
+             : m->enorm1 * xq->l2 + (1.004 * xq->sx + 0x1p-20 * xq->maxabs) * rs[2];
+    *qerr = (e + sums) * (1.0 + 0x1p-10) * m->hinv + 0x1p-100 * (1.0 + m->hinv);
 }
 #endif
 
-void linucb_score_approx_many(const linucb *const *ms, int n, const double *x, double *mean,
-                              double *width, double *qerr)
+/* linucb_score_approx_many (fine = 0) and linucb_score_fine_many (1). */
+static void approx_many(const linucb *const *ms, int n, const double *x, int fine, double *mean,
+                        double *width, double *qerr)
 {
     assert(n >= 0 &&
            (n == 0 || (ms != NULL && x != NULL && mean != NULL && width != NULL && qerr != NULL)));
 #ifdef HAVE_AVX2_KERNEL
-    if (n > 0 && ms[0]->H != NULL) { /* then every model has H (half_supported) */
-        /* x converted once, into the first model's scratch */
-        float *xs = ms[0]->xs;
-        double l1 = convert_x_avx2(xs, x, ms[0]->d) * (1.0 + 1e-5);
+    if (n > 0 && ms[0]->Q1 != NULL) { /* then every model has the copy (half_supported) */
+        /* x converted and quantized once, into the first model's scratch */
+        struct xquant xq = {.xs = ms[0]->xs};
+        xq.l2 = convert_x_avx2(ms[0]->xs, x, ms[0]->d);
+        quantize_x_avx2(&xq, ms[0]->xi, ms[0]->dp16);
         for (int k = 0; k < n; k++) {
             assert(ms[k]->d == ms[0]->d);
-            score_half(ms[k], x, xs, l1, &mean[k], &width[k], &qerr[k]);
+            score_quant(ms[k], x, &xq, fine, &mean[k], &width[k], &qerr[k]);
         }
         return;
     }
+#else
+    (void)fine;
 #endif
     for (int k = 0; k < n; k++) {
         linucb_score(ms[k], x, &mean[k], &width[k]);
         qerr[k] = 0.0;
     }
+}
+
+void linucb_score_approx_many(const linucb *const *ms, int n, const double *x, double *mean,
+                              double *width, double *qerr)
+{
+    approx_many(ms, n, x, 0, mean, width, qerr);
+}
+
+void linucb_score_fine_many(const linucb *const *ms, int n, const double *x, double *mean,
+                            double *width, double *qerr)
+{
+    approx_many(ms, n, x, 1, mean, width, qerr);
 }
 
 void linucb_score_approx(const linucb *m, const double *x, double *mean, double *width,

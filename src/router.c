@@ -45,6 +45,7 @@ struct router {
     struct util_rng rng;
     double cbar, lbar; /* running means of per-request maxima */
     double cbar_n, lbar_n;
+    struct router_refine_stats refine;
     struct arm arms[ROUTER_MAX_ARMS];
     /* Arms removed by router_reconfigure, kept by name (oldest first) so that
      * re-adding an arm of the same name gets its learned state back. */
@@ -153,18 +154,14 @@ static int better(const struct router_decision *out, int a, int b)
     return a < b;
 }
 
-/* The approximate widths carry a bound (|width² − exact²| <= qerr), so each
- * score lies in an interval. Any arm whose interval reaches the best lower
- * bound could be the argmax: when there are two or more such arms, their
- * widths and scores are recomputed exactly (linucb_score), so order[0] is
- * always the arm linucb_score's widths would choose. The other arms keep
- * their approximate scores (within the bound; ~1e-4 relative in practice), so
- * the fallback order of the tail is approximate (docs/performance.md). */
-static void refine_widths(router *r, const double *x, const struct pref_weights *w,
-                          struct router_decision *out, int n, const double *qerr)
+/* Marks (cand[j] = 1) the arms order[j] whose score interval reaches the
+ * best lower bound: the ones that could be the argmax. Returns how many. The
+ * approximate widths carry a bound (|width² − exact²| <= qerr), so each
+ * score lies in an interval. */
+static int candidates(const struct router_decision *out, int n, const double *qerr, double k,
+                      unsigned char *cand)
 {
     double lo[ROUTER_MAX_ARMS], hi[ROUTER_MAX_ARMS], best_lo = -INFINITY;
-    double k = w->quality * r->alpha;
     for (int j = 0; j < n; j++) {
         int i = out->order[j];
         const struct router_arm_score *s = &out->s[i];
@@ -179,20 +176,65 @@ static void refine_widths(router *r, const double *x, const struct pref_weights 
         if (lo[j] > best_lo)
             best_lo = lo[j];
     }
-    int cand = 0;
-    for (int j = 0; j < n; j++)
-        cand += hi[j] >= best_lo;
-    if (cand < 2)
+    int nc = 0;
+    for (int j = 0; j < n; j++) {
+        cand[j] = hi[j] >= best_lo;
+        nc += cand[j];
+    }
+    return nc;
+}
+
+/* Any arm whose interval reaches the best lower bound could be the argmax:
+ * when there are two or more such arms, their widths are recomputed from the
+ * fine (16-bit) copy, and if that still leaves two or more, exactly
+ * (linucb_score), so order[0] is always the arm linucb_score's widths would
+ * choose. The other arms keep their approximate scores (within the bound),
+ * so the fallback order of the tail is approximate (docs/performance.md). */
+static void refine_widths(router *r, const double *x, const struct pref_weights *w,
+                          struct router_decision *out, int n, double *qerr)
+{
+    double k = w->quality * r->alpha;
+    unsigned char cand[ROUTER_MAX_ARMS];
+    if (candidates(out, n, qerr, k, cand) < 2)
         return; /* the only possible argmax: exact order[0] without refining */
+    const linucb *ms[ROUTER_MAX_ARMS];
+    int idx[ROUTER_MAX_ARMS], nf = 0;
     for (int j = 0; j < n; j++) {
         int i = out->order[j];
-        if (hi[j] < best_lo || qerr[i] <= 0.0)
+        if (cand[j] && qerr[i] > 0.0) {
+            idx[nf] = i;
+            ms[nf++] = r->arms[i].m;
+        }
+    }
+    if (nf == 0)
+        return; /* exact widths already (ties) */
+    double mean[ROUTER_MAX_ARMS], width[ROUTER_MAX_ARMS], qe[ROUTER_MAX_ARMS];
+    linucb_score_fine_many(ms, nf, x, mean, width, qe);
+    r->refine.fine_decisions++;
+    r->refine.fine_arms += (uint64_t)nf;
+    for (int f = 0; f < nf; f++) {
+        struct router_arm_score *s = &out->s[idx[f]];
+        double old = s->width;
+        s->mean = mean[f];
+        s->width = width[f];
+        s->quality = ucb_quality(r, idx[f], x, s->mean, s->width);
+        s->score += k * (s->width - old);
+        qerr[idx[f]] = qe[f];
+    }
+    if (candidates(out, n, qerr, k, cand) < 2)
+        return;
+    r->refine.exact_decisions++;
+    for (int j = 0; j < n; j++) {
+        int i = out->order[j];
+        if (!cand[j] || qerr[i] <= 0.0)
             continue;
+        r->refine.exact_arms++;
         struct router_arm_score *s = &out->s[i];
         double old = s->width;
         linucb_score(r->arms[i].m, x, &s->mean, &s->width);
         s->quality = ucb_quality(r, i, x, s->mean, s->width);
         s->score += k * (s->width - old);
+        qerr[i] = 0.0;
     }
 }
 
@@ -242,9 +284,9 @@ int router_decide(router *r, const double *x, const struct pref_weights *w, long
     if (n == 0)
         return BD_ERR_NOTFOUND;
     if (r->policy != CONFIG_POLICY_THOMPSON) {
-        /* half-precision widths first (half the memory traffic: 8 arms at
-         * d=256 stream 0.5 MiB instead of 1 MiB), all arms in one call (x is
-         * converted once); refined below */
+        /* 8-bit widths first (a quarter of the exact kernel's bytes: 8
+         * arms at d=256 read 278 KiB instead of 1 MiB), all arms in one
+         * call (x is converted once); refined below */
         const linucb *ms[ROUTER_MAX_ARMS] = {0};
         double mean[ROUTER_MAX_ARMS], width[ROUTER_MAX_ARMS], qe[ROUTER_MAX_ARMS];
         for (int k = 0; k < n; k++)
@@ -370,6 +412,12 @@ void router_arm_stats(const router *r, int arm, struct router_arm_stats *out)
         return;
     }
     *out = r->arms[arm].st;
+}
+
+void router_refine_stats(const router *r, struct router_refine_stats *out)
+{
+    assert(r != NULL && out != NULL);
+    *out = r->refine;
 }
 
 const linucb *router_model(const router *r, int arm)

@@ -74,6 +74,13 @@ void router_arm_stats(const router *r, int arm, struct router_arm_stats *out);
 /* Restore an arm's counters and cost/latency estimates (from a snapshot);
  * the quality model is restored separately (linucb_set_state). */
 void router_restore_arm_stats(router *r, int arm, const struct router_arm_stats *st);
+/* router_decide's refinements so far (for benchmarks and tests): the
+ * decisions that rescored some arms from the fine copy of A⁻¹, and those
+ * arms; the decisions that then rescored some exactly, and those arms. */
+struct router_refine_stats {
+    uint64_t fine_decisions, fine_arms, exact_decisions, exact_arms;
+};
+void router_refine_stats(const router *r, struct router_refine_stats *out);
 /* The arm's quality model (read-only; for snapshots and tests). */
 const linucb *router_model(const router *r, int arm);
 linucb *router_model_mut(router *r, int arm);
