@@ -4,11 +4,16 @@
 #include "banditd/util.h"
 
 #include <assert.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define OPENAI_MAX_DEPTH 64        /* request nesting limit */
 #define SSE_LINE_MAX (1024 * 1024) /* longer SSE lines are skipped */
@@ -29,7 +34,7 @@ __attribute__((format(printf, 3, 4))) static int invalid(char *err, size_t errle
 /* Parse exactly len bytes (no NULs inside, checked by the caller) through a
  * NUL-terminated private copy, so cJSON never reads past the input. Trailing
  * garbage fails. NULL on syntax error; *oom set on allocation failure. */
-static cJSON *parse_exact_keep(const char *s, size_t len, int *oom, char **keep)
+static cJSON *parse_exact(const char *s, size_t len, int *oom)
 {
     *oom = 0;
     char *buf = malloc(len + 1);
@@ -41,16 +46,8 @@ static cJSON *parse_exact_keep(const char *s, size_t len, int *oom, char **keep)
         memcpy(buf, s, len);
     buf[len] = '\0';
     cJSON *root = cJSON_ParseWithLengthOpts(buf, len + 1, NULL, 1);
-    if (keep && root)
-        *keep = buf; /* the caller owns the copy */
-    else
-        free(buf);
+    free(buf);
     return root;
-}
-
-static cJSON *parse_exact(const char *s, size_t len, int *oom)
-{
-    return parse_exact_keep(s, len, oom, NULL);
 }
 
 /* ---- A strict JSON scanner (no allocation) for the fast paths ----
@@ -73,6 +70,29 @@ static const unsigned char str_stop[256] = {
     [0x15] = 1, [0x16] = 1, [0x17] = 1, [0x18] = 1, [0x19] = 1, [0x1a] = 1, [0x1b] = 1,
     [0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1, ['"'] = 1,  ['\\'] = 1,
 };
+
+/* The first byte at or after p that str_stop marks, or end. SSE2 (part of
+ * x86-64) tests 16 bytes at a time; the table loop takes the rest. */
+static const char *skip_plain(const char *p, const char *end)
+{
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+    const __m128i ctl = _mm_set1_epi8(0x1f);
+    while (end - p >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+        __m128i hit =
+            _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, bslash)),
+                         _mm_cmpeq_epi8(_mm_min_epu8(v, ctl), v)); /* v <= 0x1f */
+        int m = _mm_movemask_epi8(hit);
+        if (m)
+            return p + __builtin_ctz((unsigned)m);
+        p += 16;
+    }
+#endif
+    while (p < end && !str_stop[(unsigned char)*p])
+        p++;
+    return p;
+}
 
 static const char *scan_ws(const char *p, const char *end)
 {
@@ -106,8 +126,7 @@ static const char *scan_string(const char *p, const char *end, int *esc)
     p++;
     *esc = 0;
     for (;;) {
-        while (p < end && !str_stop[(unsigned char)*p])
-            p++;
+        p = skip_plain(p, end);
         if (p >= end)
             return NULL;
         if (*p == '"')
@@ -295,6 +314,378 @@ static int scan_members(const char *p, const char *end, const char *const *keys,
     }
 }
 
+/* ---- A cJSON tree from strict JSON, in one arena ----
+ *
+ * cJSON's parser makes one allocation per value, one per key and one per
+ * string value (~50 malloc/free pairs for a 1 KB chat request) and copies
+ * strings byte by byte. For JSON the strict scanner accepts, this builds the
+ * same tree (same types, values, valueint, strings, member order and links,
+ * head->prev = last child, as cJSON_Parse leaves them) in one arena:
+ * strings are found by the scanner's table loop and copied with memcpy.
+ * Anything else (a number longer than cJSON's 63-byte buffer, and whatever
+ * the scanner leaves to cJSON) returns "unsure" and the caller runs cJSON,
+ * so a tree built here is always the tree cJSON would have built. Such a
+ * tree must never reach cJSON_Delete: it is freed with its arena. */
+
+struct arena_chunk {
+    struct arena_chunk *next;
+    size_t size; /* bytes after the header */
+};
+
+struct arena {
+    struct arena_chunk *chunks; /* malloc'd chunks, newest first */
+    char *cur;
+    size_t left;
+    size_t next_size; /* size of the next chunk */
+};
+
+/* An arena whose first bytes are buf[cap] (not owned; may be NULL). */
+static void arena_init(struct arena *a, void *buf, size_t cap, size_t next_size)
+{
+    a->chunks = NULL;
+    a->cur = buf;
+    a->left = buf ? cap : 0;
+    a->next_size = next_size;
+}
+
+static void arena_free_chunks(struct arena_chunk *c)
+{
+    while (c) {
+        struct arena_chunk *n = c->next;
+        free(c);
+        c = n;
+    }
+}
+
+#define ARENA_ALIGN 8 /* enough for cJSON's double and pointers */
+#define ARENA_HDR ((sizeof(struct arena_chunk) + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1))
+#define CHAT_SPARE_MAX ((size_t)64 * 1024) /* largest first chunk kept for reuse */
+
+/* Start a with the spare chunk c (from openai_chat_release) as its first. */
+static void arena_adopt(struct arena *a, struct arena_chunk *c)
+{
+    c->next = NULL;
+    a->chunks = c;
+    a->cur = (char *)c + ARENA_HDR;
+    a->left = c->size;
+}
+
+static void *arena_alloc(struct arena *a, size_t n)
+{
+    n = (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+    if (n > a->left) {
+        size_t size = a->next_size > n ? a->next_size : n;
+        size_t hdr = ARENA_HDR;
+        struct arena_chunk *c = malloc(hdr + size);
+        if (!c)
+            return NULL;
+        c->next = a->chunks;
+        c->size = size;
+        a->chunks = c;
+        a->cur = (char *)c + hdr;
+        a->left = size;
+        a->next_size = size * 2;
+    }
+    void *p = a->cur;
+    a->cur += n;
+    a->left -= n;
+    return p;
+}
+
+/* Where the root object's members of interest are, for the splice rewrite
+ * (byte offsets into the source; valid when ok). */
+struct top_spans {
+    const char *model, *model_end; /* first "model" member's value */
+    const char *so, *so_end;       /* first "stream_options" member's value, or NULL */
+    const char *close;             /* the root's closing brace */
+    int unsure;                    /* a root key has an escape: leave the splice to the scanner */
+};
+
+struct build {
+    const char *end;
+    struct arena *a;
+    struct top_spans *top; /* NULL: not recorded */
+    int oom;
+};
+
+static cJSON *build_node(struct build *b)
+{
+    cJSON *it = arena_alloc(b->a, sizeof *it);
+    if (!it) {
+        b->oom = 1;
+        return NULL;
+    }
+    memset(it, 0, sizeof *it);
+    return it;
+}
+
+/* The code point of a validated \uXXXX (and its low half) at p; *adv = bytes read. */
+static unsigned long build_code_point(const char *p, size_t *adv)
+{
+    unsigned long u = (unsigned long)scan_hex4(p + 2);
+    *adv = 6;
+    if (u >= 0xD800 && u <= 0xDBFF) {
+        unsigned long lo = (unsigned long)scan_hex4(p + 8);
+        *adv = 12;
+        u = 0x10000 + (((u & 0x3FF) << 10) | (lo & 0x3FF));
+    }
+    return u;
+}
+
+/* Decode the body of a string the scanner validated, [p, e), into d; returns
+ * the bytes written (UTF-8 for \u escapes, as cJSON writes them). */
+static size_t build_unescape(const char *p, const char *e, char *d)
+{
+    char *o = d;
+    while (p < e) {
+        const char *bs = memchr(p, '\\', (size_t)(e - p));
+        size_t run = bs ? (size_t)(bs - p) : (size_t)(e - p);
+        memcpy(o, p, run);
+        o += run;
+        p += run;
+        if (p >= e)
+            break;
+        char c = p[1];
+        size_t adv = 2;
+        switch (c) {
+        case 'b':
+            *o++ = '\b';
+            break;
+        case 'f':
+            *o++ = '\f';
+            break;
+        case 'n':
+            *o++ = '\n';
+            break;
+        case 'r':
+            *o++ = '\r';
+            break;
+        case 't':
+            *o++ = '\t';
+            break;
+        case 'u': {
+            unsigned long cp = build_code_point(p, &adv);
+            if (cp < 0x80) {
+                *o++ = (char)cp;
+            } else if (cp < 0x800) {
+                *o++ = (char)(0xC0 | (cp >> 6));
+                *o++ = (char)(0x80 | (cp & 0x3F));
+            } else if (cp < 0x10000) {
+                *o++ = (char)(0xE0 | (cp >> 12));
+                *o++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (cp & 0x3F));
+            } else {
+                *o++ = (char)(0xF0 | (cp >> 18));
+                *o++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+                *o++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+                *o++ = (char)(0x80 | (cp & 0x3F));
+            }
+            break;
+        }
+        default: /* '"', '\\', '/' */
+            *o++ = c;
+        }
+        p += adv;
+    }
+    return (size_t)(o - d);
+}
+
+/* p at '"': the string's value in the arena (*out), *esc as scan_string. */
+static const char *build_string(struct build *b, const char *p, char **out, int *esc)
+{
+    const char *q = scan_string(p, b->end, esc);
+    if (!q)
+        return NULL;
+    size_t n = (size_t)(q - p) - 2; /* decoding never lengthens */
+    char *d = arena_alloc(b->a, n + 1);
+    if (!d) {
+        b->oom = 1;
+        return NULL;
+    }
+    if (*esc)
+        n = build_unescape(p + 1, q - 1, d);
+    else
+        memcpy(d, p + 1, n);
+    d[n] = '\0';
+    *out = d;
+    return q;
+}
+
+/* A number as cJSON reads it: its bytes copied into a 64-byte buffer and
+ * converted by strtod (the process runs in the C locale). */
+static const char *build_number(const char *p, const char *end, cJSON *it)
+{
+    const char *q = scan_number(p, end);
+    char buf[64];
+    if (!q || (size_t)(q - p) >= sizeof buf)
+        return NULL; /* cJSON would cut it at 63 bytes: let cJSON decide */
+    size_t n = (size_t)(q - p);
+    int neg = *p == '-';
+    double d;
+    /* An integer of at most 15 digits is exact in a double, which is what
+     * strtod returns for it ("-0" included: -0.0). */
+    int64_t v = 0;
+    const char *c = p + neg;
+    while (c < q && c - (p + neg) < 15 && *c >= '0' && *c <= '9')
+        v = v * 10 + (*c++ - '0');
+    if (c == q) {
+        d = neg ? -(double)v : (double)v;
+    } else {
+        memcpy(buf, p, n);
+        buf[n] = '\0';
+        char *after;
+        d = strtod(buf, &after);
+        if (after != buf + n)
+            return NULL;
+    }
+    it->type = cJSON_Number;
+    it->valuedouble = d;
+    it->valueint = d >= INT_MAX ? INT_MAX : d <= (double)INT_MIN ? INT_MIN : (int)d;
+    return q;
+}
+
+static const char *build_value(struct build *b, const char *p, cJSON *it, int depth);
+
+/* p at '{' or '[' (the scanner's depth convention: the root is depth 0). */
+static const char *build_container(struct build *b, const char *p, cJSON *it, int depth)
+{
+    if (depth >= SCAN_MAX_DEPTH)
+        return NULL;
+    const char *end = b->end;
+    int obj = *p == '{';
+    char close = obj ? '}' : ']';
+    it->type = obj ? cJSON_Object : cJSON_Array;
+    struct top_spans *top = depth == 0 && obj ? b->top : NULL;
+    p = scan_ws(p + 1, end);
+    if (p < end && *p == close) {
+        if (top)
+            top->close = p;
+        return p + 1;
+    }
+    cJSON *head = NULL, *last = NULL;
+    for (;;) {
+        cJSON *c = build_node(b);
+        if (!c)
+            return NULL;
+        if (last) {
+            last->next = c;
+            c->prev = last;
+        } else {
+            head = c;
+        }
+        last = c;
+        int kesc = 0;
+        if (obj) {
+            if (p >= end || *p != '"' || !(p = build_string(b, p, &c->string, &kesc)))
+                return NULL;
+            p = scan_ws(p, end);
+            if (p >= end || *p != ':')
+                return NULL;
+            p = scan_ws(p + 1, end);
+        }
+        const char *v = p;
+        if (!(p = build_value(b, p, c, depth + 1)))
+            return NULL;
+        if (top) {
+            if (kesc)
+                top->unsure = 1;
+            else if (!top->model && strcmp(c->string, "model") == 0)
+                top->model = v, top->model_end = p;
+            else if (!top->so && strcmp(c->string, "stream_options") == 0)
+                top->so = v, top->so_end = p;
+        }
+        p = scan_ws(p, end);
+        if (p >= end)
+            return NULL;
+        if (*p == close) {
+            head->prev = last;
+            it->child = head;
+            if (top)
+                top->close = p;
+            return p + 1;
+        }
+        if (*p != ',')
+            return NULL;
+        p = scan_ws(p + 1, end);
+    }
+}
+
+static const char *build_value(struct build *b, const char *p, cJSON *it, int depth)
+{
+    const char *end = b->end;
+    if (p >= end)
+        return NULL;
+    int esc;
+    switch (*p) {
+    case '"':
+        it->type = cJSON_String;
+        return build_string(b, p, &it->valuestring, &esc);
+    case '{':
+    case '[':
+        return build_container(b, p, it, depth);
+    case 't':
+        it->type = cJSON_True;
+        it->valueint = 1;
+        return scan_lit(p, end, "true", 4);
+    case 'f':
+        it->type = cJSON_False;
+        return scan_lit(p, end, "false", 5);
+    case 'n':
+        it->type = cJSON_NULL;
+        return scan_lit(p, end, "null", 4);
+    default:
+        return build_number(p, end, it);
+    }
+}
+
+/* The tree of the JSON text [s, s + len) in arena a, or NULL: *oom set when
+ * an allocation failed, else the text is not strict JSON (or not one that is
+ * certain to give cJSON's tree) and cJSON must decide. top (may be NULL)
+ * gets the root object's spans. Whatever it allocated stays in a. */
+static cJSON *build_tree(const char *s, size_t len, struct arena *a, struct top_spans *top,
+                         int *oom)
+{
+    struct build b = {s + len, a, top, 0};
+    if (top)
+        memset(top, 0, sizeof *top);
+    const char *p = scan_ws(s, b.end);
+    cJSON *root = build_node(&b);
+    if (root)
+        p = build_value(&b, p, root, 0);
+    *oom = b.oom;
+    if (!root || !p || scan_ws(p, b.end) != b.end)
+        return NULL;
+    return root;
+}
+
+/* A short-lived tree of a small JSON text (an answer's usage, an SSE
+ * chunk): built in a stack buffer when it can be, by cJSON otherwise. */
+struct quick_tree {
+    struct arena a;
+    _Alignas(16) char buf[2048];
+    int in_arena;
+};
+
+static cJSON *quick_parse(struct quick_tree *q, const char *s, size_t len, int *oom)
+{
+    arena_init(&q->a, q->buf, sizeof q->buf, 8192);
+    cJSON *root = build_tree(s, len, &q->a, NULL, oom);
+    q->in_arena = root != NULL;
+    if (!root) {
+        arena_free_chunks(q->a.chunks);
+        q->a.chunks = NULL;
+        root = parse_exact(s, len, oom);
+    }
+    return root;
+}
+
+static void quick_done(struct quick_tree *q, cJSON *root)
+{
+    if (!q->in_arena)
+        cJSON_Delete(root);
+    arena_free_chunks(q->a.chunks);
+}
+
 static const cJSON *member(const cJSON *obj, const char *key)
 {
     return cJSON_GetObjectItemCaseSensitive(obj, key);
@@ -476,6 +867,12 @@ static int prescan(const char *s, size_t len, int max_depth)
 int openai_chat_parse(const char *body, size_t len, struct openai_chat *out, char *err,
                       size_t errlen, const char **param)
 {
+    return openai_chat_parse_with(body, len, out, NULL, err, errlen, param);
+}
+
+int openai_chat_parse_with(const char *body, size_t len, struct openai_chat *out, void **spare,
+                           char *err, size_t errlen, const char **param)
+{
     const char *dummy;
     assert(out != NULL);
     if (!param)
@@ -487,41 +884,110 @@ int openai_chat_parse(const char *body, size_t len, struct openai_chat *out, cha
         len = 0;
     if (len == 0)
         return invalid(err, errlen, "the request body is empty (expected a JSON object)");
-    int pre = prescan(body, len, OPENAI_MAX_DEPTH);
-    if (pre == -1)
-        return invalid(err, errlen, "the request body contains a NUL byte");
-    if (pre == -2)
-        return invalid(err, errlen, "the request body is nested deeper than %d levels",
-                       OPENAI_MAX_DEPTH);
+    /* One allocation for the private copy and (usually) the whole tree: a
+     * chat request's tree takes about twice its bytes. Rounded up to a power
+     * of two from 8 KiB, so that a spare chunk fits the next similar body. */
+    struct arena a;
+    size_t first = len + 1;
+    if (len < ((size_t)1 << 40)) {
+        first = 8192;
+        while (first < 3 * len + 2048)
+            first *= 2;
+    }
+    arena_init(&a, NULL, 0, first);
+    if (spare && *spare) {
+        struct arena_chunk *c = *spare;
+        *spare = NULL;
+        if (c->size >= first)
+            arena_adopt(&a, c);
+        else
+            free(c);
+    }
+    char *src = arena_alloc(&a, len + 1);
+    if (!src)
+        return BD_ERR_NOMEM;
+    memcpy(src, body, len);
+    src[len] = '\0';
+    struct top_spans top;
     int oom;
-    char *src = NULL;
-    cJSON *root = parse_exact_keep(body, len, &oom, &src);
+    /* A tree built here holds no NUL byte and nests at most 64 deep (the
+     * scanner's limit), so the pre-scan would pass: it runs only before cJSON. */
+    cJSON *root = build_tree(src, len, &a, &top, &oom);
+    int in_arena = root != NULL;
+    if (!root) { /* not certain to be cJSON's tree: as before, pre-scan then cJSON */
+        int pre = prescan(src, len, OPENAI_MAX_DEPTH);
+        if (pre != 0)
+            arena_free_chunks(a.chunks);
+        if (pre == -1)
+            return invalid(err, errlen, "the request body contains a NUL byte");
+        if (pre == -2)
+            return invalid(err, errlen, "the request body is nested deeper than %d levels",
+                           OPENAI_MAX_DEPTH);
+        root = cJSON_ParseWithLengthOpts(src, len + 1, NULL, 1);
+    }
     if (!root) {
-        if (oom)
-            return BD_ERR_NOMEM;
+        arena_free_chunks(a.chunks);
         return invalid(err, errlen, "the request body is not valid JSON");
     }
     int rc = validate(root, out, err, errlen, param);
-    if (rc == 0) {
-        out->src = src;
-        out->src_len = len;
-    } else {
-        free(src);
-        cJSON_Delete(root);
+    if (rc != 0) {
+        if (!in_arena)
+            cJSON_Delete(root);
+        arena_free_chunks(a.chunks);
         memset(out, 0, sizeof *out);
         out->max_tokens = -1;
+        return rc;
     }
-    return rc;
+    out->src = src;
+    out->src_len = len;
+    out->arena = a.chunks;
+    out->tree_in_arena = in_arena;
+    if (in_arena && !top.unsure && top.model && top.close) {
+        out->spans_ok = 1;
+        out->model_at = (size_t)(top.model - src);
+        out->model_end = (size_t)(top.model_end - src);
+        out->so_at = top.so ? (size_t)(top.so - src) : 0;
+        out->so_end = top.so ? (size_t)(top.so_end - src) : 0;
+        out->close_at = (size_t)(top.close - src);
+    }
+    return 0;
 }
 
 void openai_chat_free(struct openai_chat *c)
 {
+    openai_chat_release(c, NULL);
+}
+
+void openai_chat_release(struct openai_chat *c, void **spare)
+{
     if (!c)
         return;
-    cJSON_Delete(c->root);
-    free(c->src);
+    if (!c->tree_in_arena)
+        cJSON_Delete(c->root);
+    struct arena_chunk *head = c->arena;
+    if (spare && !*spare && head) {
+        /* The first chunk is the oldest: last in the list. */
+        struct arena_chunk *prev = NULL, *last = head;
+        while (last->next) {
+            prev = last;
+            last = last->next;
+        }
+        if (last->size <= CHAT_SPARE_MAX) {
+            if (prev)
+                prev->next = NULL;
+            else
+                head = NULL;
+            *spare = last;
+        }
+    }
+    arena_free_chunks(head);
     memset(c, 0, sizeof *c);
     c->max_tokens = -1;
+}
+
+void openai_chat_spare_free(void *spare)
+{
+    free(spare);
 }
 
 /* Swap obj[key] for `repl` (owned by obj afterwards) and return the original
@@ -619,9 +1085,15 @@ static char *rewrite_splice(const struct openai_chat *c, const char *model, size
     static const char *const top_keys[] = {"model", "stream_options"};
     struct span top[2];
     const char *close;
-    const char *p = scan_ws(src, end);
-    if (scan_members(p, end, top_keys, 2, top, &close) != 0 || scan_ws(close + 1, end) != end)
-        return NULL;
+    if (c->spans_ok) { /* found while the tree was built */
+        top[0] = (struct span){src + c->model_at, src + c->model_end, 0};
+        top[1] = (struct span){c->so_end ? src + c->so_at : NULL, src + c->so_end, 0};
+        close = src + c->close_at;
+    } else {
+        const char *p = scan_ws(src, end);
+        if (scan_members(p, end, top_keys, 2, top, &close) != 0 || scan_ws(close + 1, end) != end)
+            return NULL;
+    }
     if (!top[0].v || *top[0].v != '"')
         return NULL; /* cannot happen after validation; leave it to cJSON */
     struct edit ed[2];
@@ -826,10 +1298,10 @@ static size_t choices_chars(const cJSON *choices)
     return n;
 }
 
-/* Parse just the value [v, vend) with cJSON (it is strict JSON already). */
-static cJSON *parse_span(const struct span *sp, int *oom)
+/* Parse just the value [v, vend) (it is strict JSON already). */
+static cJSON *parse_span(struct quick_tree *q, const struct span *sp, int *oom)
 {
-    return parse_exact(sp->v, (size_t)(sp->vend - sp->v), oom);
+    return quick_parse(q, sp->v, (size_t)(sp->vend - sp->v), oom);
 }
 
 /* The fast path of openai_parse_usage. Returns 0 or BD_ERR_NOMEM with the
@@ -852,26 +1324,29 @@ static int usage_scan(const char *body, size_t len, long *pt, long *ct, char *id
             memcpy(id_out, sp[0].v + 1, n);
             id_out[n] = '\0';
         } else {
-            cJSON *id = parse_span(&sp[0], &oom);
+            struct quick_tree q;
+            cJSON *id = parse_span(&q, &sp[0], &oom);
             if (cJSON_IsString(id))
                 snprintf(id_out, idlen, "%s", id->valuestring);
-            cJSON_Delete(id);
+            quick_done(&q, id);
         }
     }
     if (sp[1].v && *sp[1].v == '{' && (pt || ct)) {
-        cJSON *usage = parse_span(&sp[1], &oom);
+        struct quick_tree q;
+        cJSON *usage = parse_span(&q, &sp[1], &oom);
         if (cJSON_IsObject(usage)) {
             if (pt)
                 *pt = token_count(usage, "prompt_tokens");
             if (ct)
                 *ct = token_count(usage, "completion_tokens");
         }
-        cJSON_Delete(usage);
+        quick_done(&q, usage);
     }
     if (cc && sp[2].v && (*sp[2].v == '[' || *sp[2].v == '{')) { /* cJSON iterates both */
-        cJSON *choices = parse_span(&sp[2], &oom);
+        struct quick_tree q;
+        cJSON *choices = parse_span(&q, &sp[2], &oom);
         *cc = choices_chars(choices);
-        cJSON_Delete(choices);
+        quick_done(&q, choices);
     }
     return oom ? BD_ERR_NOMEM : 0;
 }
@@ -954,7 +1429,8 @@ void openai_sse_free(struct openai_sse_scan *s)
 static void sse_json(struct openai_sse_scan *s, const char *p, size_t n)
 {
     int oom;
-    cJSON *root = parse_exact(p, n, &oom);
+    struct quick_tree q;
+    cJSON *root = quick_parse(&q, p, n, &oom);
     if (!root)
         return; /* not JSON (or out of memory): ignored */
     if (cJSON_IsObject(root)) {
@@ -975,7 +1451,7 @@ static void sse_json(struct openai_sse_scan *s, const char *p, size_t n)
             s->content_chars += content_chars(member(member(ch, "delta"), "content"));
         }
     }
-    cJSON_Delete(root);
+    quick_done(&q, root);
 }
 
 /* One complete line (without its terminator). */

@@ -815,8 +815,7 @@ START_TEST(test_rewrite_splice_exact)
     /* A chat without its source bytes (built by hand) re-prints. */
     struct openai_chat c;
     expect_valid("{\"model\":\"a\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", &c);
-    free(c.src);
-    c.src = NULL;
+    c.src = NULL; /* it lives in the chat's arena: openai_chat_free frees it */
     char *s = openai_chat_rewrite(&c, "z", NULL);
     ck_assert_str_eq(s, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"model\":\"z\"}");
     free(s);
@@ -1125,6 +1124,172 @@ START_TEST(test_usage_random)
 }
 END_TEST
 
+/* Two trees are the same, field by field: full type word, valueint, the
+ * bits of valuedouble, strings, member order and the prev links (cJSON
+ * leaves head->prev pointing at the last child). */
+static int tree_same(const cJSON *a, const cJSON *b)
+{
+    if (a->type != b->type || a->valueint != b->valueint ||
+        memcmp(&a->valuedouble, &b->valuedouble, sizeof a->valuedouble) != 0)
+        return 0;
+    if ((a->valuestring == NULL) != (b->valuestring == NULL) ||
+        (a->valuestring && strcmp(a->valuestring, b->valuestring) != 0))
+        return 0;
+    if ((a->string == NULL) != (b->string == NULL) || (a->string && strcmp(a->string, b->string)))
+        return 0;
+    const cJSON *ca = a->child, *cb = b->child, *pa = NULL, *pb = NULL;
+    for (; ca && cb; pa = ca, pb = cb, ca = ca->next, cb = cb->next) {
+        if (pa && (ca->prev != pa || cb->prev != pb))
+            return 0;
+        if (!tree_same(ca, cb))
+            return 0;
+    }
+    if (ca || cb)
+        return 0;
+    if (a->child && (a->child->prev != pa || b->child->prev != pb))
+        return 0;
+    return 1;
+}
+
+/* openai_chat_parse builds the tree itself for strict JSON: it must be the
+ * tree cJSON_Parse gives, bit for bit (numbers, escapes, surrogates, \u0000,
+ * numbers of 63 and 64 bytes, which cJSON cuts at 63). */
+START_TEST(test_tree_random)
+{
+    struct gen g = {0};
+    util_rng_seed(&g.rng, 77);
+    static const char *const nums[] = {
+        "0",
+        "-0",
+        "1e400",
+        "-1e400",
+        "4e-400",
+        "2147483647",
+        "2147483648",
+        "-2147483648",
+        "-2147483649",
+        "0.1",
+        "1E+2",
+        "3.0e-5",
+        "123456789012345678901234567890",
+        "999999999999999",
+        "-999999999999999",
+        "9999999999999999",
+        "9007199254740993",
+        "1234567890123456789012345678901234567890123456789012345678901.5",
+        "12345678901234567890123456789012345678901234567890123456789012.5"};
+    static const char *const strs[] = {"\"\"",
+                                       "\"a\\u0000b\"",
+                                       "\"\\ud800\\udc00\\u07ff\\u0800\"",
+                                       "\"\\b\\f\\r\\t\\/\\\\\\\"\"",
+                                       "\"\\uFFFF\\uABCD\"",
+                                       "\"plain text with spaces\""};
+    int built = 0;
+    for (int it = 0; it < 3000; it++) {
+        g.len = 0;
+        gen_put(&g, "");
+        gen_ws(&g);
+        const char *keys[8];
+        const char *vals[8];
+        int n = 0;
+        keys[n] = "model", vals[n++] = "\"auto\"";
+        keys[n] = "messages", vals[n++] = "[{\"role\":\"user\",\"content\":\"hi\\nthere\"}]";
+        keys[n] = "n", vals[n++] = nums[gen_int(&g, sizeof nums / sizeof nums[0])];
+        keys[n] = "s", vals[n++] = strs[gen_int(&g, sizeof strs / sizeof strs[0])];
+        unsigned extras = gen_int(&g, 5);
+        static const char *const ek[] = {"temperature", "tools", "metadata", "user"};
+        for (unsigned e = 0; e < extras && e < 4; e++)
+            keys[n] = ek[e], vals[n++] = NULL;
+        gen_object(&g, keys, vals, n);
+        struct openai_chat c;
+        expect_valid(g.buf, &c);
+        cJSON *ref = cJSON_ParseWithOpts(g.buf, NULL, 1);
+        ck_assert_ptr_nonnull(ref);
+        ck_assert_msg(tree_same(ref, c.root), "tree differs for %s", g.buf);
+        built += c.tree_in_arena;
+        cJSON_Delete(ref);
+        openai_chat_free(&c);
+    }
+    /* Only the 64-byte number (1 in 19) is left to cJSON. */
+    ck_assert_int_gt(built, 2600);
+    free(g.buf);
+
+    /* An escape, a quote and a raw control byte at every offset of a long
+     * string (the scanner tests 16 bytes at a time): the first two are built
+     * here, the raw byte is left to cJSON (which takes it); same trees. */
+    static const char *const stops[] = {"\\n", "\\\"", "\x01", "\x1f"};
+    for (size_t k = 0; k < sizeof stops / sizeof stops[0]; k++) {
+        for (int off = 0; off < 40; off++) {
+            char body[256];
+            int n = snprintf(body, sizeof body,
+                             "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+                             "\"content\":\"%.*s%s%.*s\"}]}",
+                             off, "0123456789abcdef0123456789abcdef0123456789", stops[k], 40 - off,
+                             "0123456789abcdef0123456789abcdef0123456789");
+            ck_assert(n > 0 && (size_t)n < sizeof body);
+            struct openai_chat c;
+            expect_valid(body, &c);
+            ck_assert_int_eq(c.tree_in_arena, k < 2);
+            cJSON *ref = cJSON_ParseWithOpts(body, NULL, 1);
+            ck_assert_ptr_nonnull(ref);
+            ck_assert_msg(tree_same(ref, c.root), "tree differs for %s", body);
+            cJSON_Delete(ref);
+            openai_chat_free(&c);
+        }
+    }
+}
+END_TEST
+
+/* openai_chat_parse_with reuses the buffer openai_chat_release kept: the
+ * same results as openai_chat_parse, whatever the order of sizes (a spare
+ * too small is freed, not used; ASan checks that nothing leaks). */
+START_TEST(test_parse_with_spare)
+{
+    void *spare = NULL;
+    static const size_t sizes[] = {10, 3000, 10, 40000, 200000, 5, 3000};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        size_t n = sizes[i];
+        char *text = malloc(n + 1);
+        ck_assert_ptr_nonnull(text);
+        memset(text, 'a' + (int)(i % 26), n);
+        text[n] = '\0';
+        size_t blen = n + 128;
+        char *body = malloc(blen);
+        ck_assert_ptr_nonnull(body);
+        snprintf(body, blen,
+                 "{\"model\":\"auto\",\"stream\":true,\"messages\":[{\"role\":\"user\","
+                 "\"content\":\"%s\"}]}",
+                 text);
+        struct openai_chat a, b;
+        char err[128];
+        ck_assert_int_eq(
+            openai_chat_parse_with(body, strlen(body), &a, &spare, err, sizeof err, NULL), 0);
+        ck_assert_ptr_null(spare);
+        ck_assert_int_eq(openai_chat_parse(body, strlen(body), &b, err, sizeof err, NULL), 0);
+        ck_assert(cJSON_Compare(a.root, b.root, 1));
+        ck_assert_uint_eq(a.prompt_chars, n);
+        char *ra = openai_chat_rewrite(&a, "up", NULL), *rb = openai_chat_rewrite(&b, "up", NULL);
+        ck_assert_str_eq(ra, rb);
+        free(ra);
+        free(rb);
+        openai_chat_release(&a, &spare);
+        ck_assert_ptr_null(a.root);
+        if (n < 10000)
+            ck_assert_ptr_nonnull(spare); /* kept (<= 64 KiB) */
+        if (n > 100000)
+            ck_assert_ptr_null(spare); /* too big to keep */
+        openai_chat_release(&b, NULL);
+        free(body);
+        free(text);
+    }
+    /* A failed parse takes the spare and frees it. */
+    struct openai_chat c;
+    ck_assert_int_eq(openai_chat_parse_with("{", 1, &c, &spare, NULL, 0, NULL), BD_ERR_INVALID);
+    ck_assert_ptr_null(spare);
+    openai_chat_spare_free(spare);
+}
+END_TEST
+
 static Suite *openai_suite(void)
 {
     Suite *s = suite_create("openai");
@@ -1143,6 +1308,8 @@ static Suite *openai_suite(void)
     tcase_add_test(tc, test_rewrite_splice_exact);
     tcase_add_test(tc, test_rewrite_random);
     tcase_add_test(tc, test_usage_random);
+    tcase_add_test(tc, test_tree_random);
+    tcase_add_test(tc, test_parse_with_spare);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,5 +1,6 @@
 /* test_util — clocks, random ids, the capped buffer, the JSON pre-scan, the PRNG. */
 #include <check.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,8 +31,21 @@ START_TEST(test_buf_cap)
     util_buf_reset(&b);
     ck_assert_uint_eq(b.len, 0);
     ck_assert_str_eq(b.data, "");
+    /* Re-armed with a smaller cap: the memory stays, the new cap holds. */
+    const char *mem = b.data;
+    util_buf_rearm(&b, 3);
+    ck_assert_ptr_eq(b.data, mem);
+    ck_assert_uint_eq(b.len, 0);
+    ck_assert_int_eq(util_buf_append(&b, "abcd", 4), BD_ERR_TOOBIG);
+    ck_assert_int_eq(util_buf_append(&b, "abc", 3), BD_OK);
+    ck_assert_str_eq(b.data, "abc");
+    ck_assert_ptr_eq(b.data, mem);
     util_buf_free(&b);
     ck_assert_ptr_null(b.data);
+    util_buf_rearm(&b, 5); /* a freed buffer too */
+    ck_assert_int_eq(util_buf_append(&b, "12345", 5), BD_OK);
+    ck_assert_int_eq(util_buf_append(&b, "6", 1), BD_ERR_TOOBIG);
+    util_buf_free(&b);
 }
 END_TEST
 
@@ -199,6 +213,72 @@ START_TEST(test_clocks)
 }
 END_TEST
 
+/* The printf-free formatters give printf's bytes: random values over many
+ * magnitudes, exact ties (k + 0.5e-8 representable), values near ties,
+ * zero, -0, negatives, huge values, NaN and infinities. */
+START_TEST(test_fmt)
+{
+    struct util_rng rng;
+    util_rng_seed(&rng, 99);
+    char a[64], b[64];
+    for (int i = 0; i < 60000; i++) {
+        double x;
+        switch (i % 4) {
+        case 0:
+            x = util_rng_uniform(&rng) * pow(10, (double)(util_rng_next(&rng) % 14) - 9);
+            break;
+        case 1: /* at or next to a tie at the 9th decimal */
+            x = ((double)(util_rng_next(&rng) % 2000000) + 0.5) / 1e8;
+            x = i % 8 == 1 ? x : nextafter(x, i % 16 == 3 ? 0 : 1);
+            break;
+        case 2: /* n / 2^k: exact binary fractions, ties included */
+            x = (double)(util_rng_next(&rng) % 100000) / (double)(1u << (util_rng_next(&rng) % 31));
+            break;
+        default:
+            x = (double)(util_rng_next(&rng) % 1000000) * 1e-8;
+        }
+        util_fmt_fixed8(a, sizeof a, x);
+        snprintf(b, sizeof b, "%.8f", x);
+        ck_assert_msg(strcmp(a, b) == 0, "%s vs %s for %.17g", a, b, x);
+    }
+    const double odd[] = {0.0,         -0.0,        -1.5,       1e4,       9999.999999995,
+                          1e300,       NAN,         INFINITY,   -INFINITY, 0.000000005,
+                          0.000000015, 0.000000025, 1.000000005};
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        util_fmt_fixed8(a, sizeof a, odd[i]);
+        snprintf(b, sizeof b, "%.8f", odd[i]);
+        ck_assert_str_eq(a, b);
+    }
+    const int ints[] = {0, 1, -1, 9, 10, 99, 100, 12345, -2147483647 - 1, 2147483647};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        util_fmt_int(a, sizeof a, ints[i]);
+        snprintf(b, sizeof b, "%d", ints[i]);
+        ck_assert_str_eq(a, b);
+    }
+}
+END_TEST
+
+START_TEST(test_all_finite)
+{
+    double x[40] = {0};
+    const double bad[] = {INFINITY, -INFINITY, NAN, -NAN};
+    for (size_t n = 0; n <= 40; n++) {
+        for (size_t i = 0; i < n; i++) /* large, negative, subnormal, zero */
+            x[i] = i == 3 ? DBL_MAX : i == 5 ? DBL_MIN / 4 : (double)i * (i % 2 ? -1.5 : 1e300);
+        ck_assert_int_eq(util_all_finite(x, n), 1);
+        for (size_t at = 0; at < n; at++) {
+            for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+                double keep = x[at];
+                x[at] = bad[k];
+                ck_assert_int_eq(util_all_finite(x, n), 0);
+                ck_assert_int_eq(util_all_finite(x, at), 1); /* before it: fine */
+                x[at] = keep;
+            }
+        }
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("util");
@@ -212,6 +292,8 @@ int main(void)
     tcase_add_test(tc, test_rng_reference);
     tcase_add_test(tc, test_rng_distributions);
     tcase_add_test(tc, test_clocks);
+    tcase_add_test(tc, test_all_finite);
+    tcase_add_test(tc, test_fmt);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -40,6 +40,9 @@ int util_buf_printf(struct util_buf *b, const char *fmt, ...) __attribute__((for
 /* Drop the first n bytes (n <= len). */
 void util_buf_consume(struct util_buf *b, size_t n);
 void util_buf_reset(struct util_buf *b);
+/* Empty the buffer for a new use with a new cap, keeping its memory (a
+ * zeroed or freed buffer is fine too). */
+void util_buf_rearm(struct util_buf *b, size_t max);
 /* Free memory; the buffer is left empty and reusable. */
 void util_buf_free(struct util_buf *b);
 
@@ -47,6 +50,13 @@ void util_buf_free(struct util_buf *b);
  * or errlen 0: then nothing is written). */
 void util_errf(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* snprintf(out, cap, "%.8f", x), the same bytes, without printf's machinery
+ * for the common case (0 <= x < 10,000 and not within 1e-3 of a rounding
+ * tie at the 8th decimal; otherwise it calls snprintf). cap >= 32. */
+void util_fmt_fixed8(char *out, size_t cap, double x);
+/* snprintf(out, cap, "%d", v), the same bytes. cap >= 12. */
+void util_fmt_int(char *out, size_t cap, int v);
 
 /* 1 if all n values are finite. */
 int util_all_finite(const double *x, size_t n);
