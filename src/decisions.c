@@ -8,10 +8,16 @@
  * the node). Two intrusive doubly linked lists keep age order: the live list
  * in insertion order (expiry and capacity eviction pop its head) and the
  * tombstone list in the order nodes became tombstones (purge and the bound pop
- * its head). Nothing on the request path scans more than one hash chain. */
+ * its head). Nothing on the request path scans more than one hash chain.
+ *
+ * A live node keeps its features in the store's exact compact form (xblob.h:
+ * ~850 bytes instead of dim*8 = 2,048 for a chat request at dim=256), in one
+ * malloc'd blob of the encoded length; decisions_find decodes it into a
+ * scratch vector of ds, bit for bit the x that was added. */
 #include "banditd/decisions.h"
 #include "banditd/err.h"
 #include "banditd/util.h"
+#include "banditd/xblob.h"
 
 #include <assert.h>
 #include <math.h>
@@ -27,7 +33,9 @@ enum node_state { NODE_FREE = 0, NODE_LIVE, NODE_TAKEN, NODE_EXPIRED };
 enum { BY_ID = 0, BY_CID = 1 };
 
 struct node {
-    struct decision d;   /* d.x is NULL for tombstones and free nodes */
+    struct decision d;   /* d.x is always NULL: the features are xb */
+    unsigned char *xb;   /* features blob (xblob.h); NULL for tombstones, free nodes */
+    size_t xlen;         /* bytes in xb */
     double tomb_s;       /* when the node became a tombstone */
     uint64_t hash[2];    /* of d.id and d.completion_id */
     uint32_t chain[2];   /* next node in the same bucket of each table */
@@ -58,6 +66,10 @@ struct decisions {
     struct list live, tombs;
     struct table tab[2];
     size_t evicted;
+    unsigned char *enc;    /* dim*8: encoder output (decisions_add) */
+    unsigned char *idx;    /* dim: encoder scratch */
+    double *xout;          /* dim: the decoded x of *found */
+    struct decision found; /* what decisions_find hands out */
 };
 
 static uint64_t key_hash(const char *key, size_t len)
@@ -224,7 +236,7 @@ static void tomb_drop(struct decisions *ds, uint32_t idx)
 {
     struct node *n = &ds->nodes[idx];
     assert(n->state == NODE_TAKEN || n->state == NODE_EXPIRED);
-    assert(n->d.x == NULL);
+    assert(n->xb == NULL);
     list_unlink(ds, &ds->tombs, idx);
     table_remove(ds, BY_ID, idx);
     if (n->cid_indexed)
@@ -241,8 +253,9 @@ static void make_tomb(struct decisions *ds, uint32_t idx, unsigned char state)
     struct node *n = &ds->nodes[idx];
     assert(n->state == NODE_LIVE);
     list_unlink(ds, &ds->live, idx);
-    free(n->d.x);
-    n->d.x = NULL;
+    free(n->xb);
+    n->xb = NULL;
+    n->xlen = 0;
     n->state = state;
     n->tomb_s = ds->clock;
     list_push(ds, &ds->tombs, idx);
@@ -297,7 +310,11 @@ decisions *decisions_create(int dim, size_t max_entries, double ttl_s)
     ds->free_head = NIL;
     ds->live.head = ds->live.tail = NIL;
     ds->tombs.head = ds->tombs.tail = NIL;
-    if (table_init(&ds->tab[BY_ID]) || table_init(&ds->tab[BY_CID]) || reserve_node(ds)) {
+    ds->enc = malloc((size_t)dim * sizeof(double));
+    ds->idx = malloc((size_t)dim);
+    ds->xout = malloc((size_t)dim * sizeof *ds->xout);
+    if (!ds->enc || !ds->idx || !ds->xout || table_init(&ds->tab[BY_ID]) ||
+        table_init(&ds->tab[BY_CID]) || reserve_node(ds)) {
         decisions_destroy(ds);
         return NULL;
     }
@@ -309,8 +326,11 @@ void decisions_destroy(decisions *ds)
     if (!ds)
         return;
     for (size_t i = 0; i < ds->used; i++)
-        free(ds->nodes[i].d.x); /* NULL except for live nodes */
+        free(ds->nodes[i].xb); /* NULL except for live nodes */
     free(ds->nodes);
+    free(ds->enc);
+    free(ds->idx);
+    free(ds->xout);
     free(ds->tab[BY_ID].bucket);
     free(ds->tab[BY_CID].bucket);
     free(ds);
@@ -335,15 +355,15 @@ int decisions_add(decisions *ds, const struct decision *d)
     }
 
     /* Every allocation happens before any state changes. */
-    size_t xbytes = (size_t)ds->dim * sizeof(double);
-    double *x = malloc(xbytes);
-    if (!x)
+    size_t xlen = xblob_encode(ds->enc, d->x, (size_t)ds->dim, ds->idx);
+    unsigned char *xb = malloc(xlen);
+    if (!xb)
         return BD_ERR_NOMEM;
     if (reserve_node(ds)) {
-        free(x);
+        free(xb);
         return BD_ERR_NOMEM;
     }
-    memcpy(x, d->x, xbytes);
+    memcpy(xb, ds->enc, xlen);
     table_maybe_grow(ds, BY_ID);
     if (index_cid)
         table_maybe_grow(ds, BY_CID);
@@ -358,7 +378,9 @@ int decisions_add(decisions *ds, const struct decision *d)
     struct node *n = &ds->nodes[idx];
     n->d = *d;
     n->d.id[idlen] = '\0';
-    n->d.x = x;
+    n->d.x = NULL;
+    n->xb = xb;
+    n->xlen = xlen;
     if (!index_cid)
         n->d.completion_id[0] = '\0';
     n->state = NODE_LIVE;
@@ -373,17 +395,24 @@ int decisions_add(decisions *ds, const struct decision *d)
     return BD_OK;
 }
 
+/* The live decision with request id id (not a completion id), or NIL. */
+static uint32_t live_by_id(const struct decisions *ds, const char *id)
+{
+    if (!id)
+        return NIL;
+    size_t idlen = strnlen(id, sizeof ds->nodes[0].d.id);
+    if (idlen == 0 || idlen >= sizeof ds->nodes[0].d.id)
+        return NIL;
+    uint32_t idx = table_find(ds, BY_ID, id, idlen, key_hash(id, idlen));
+    return idx != NIL && ds->nodes[idx].state == NODE_LIVE ? idx : NIL;
+}
+
 int decisions_complete(decisions *ds, const char *id, const char *completion_id, double cost_usd,
                        double latency_ms)
 {
     assert(ds);
-    if (!id)
-        return BD_ERR_NOTFOUND;
-    size_t idlen = strnlen(id, sizeof ds->nodes[0].d.id);
-    if (idlen == 0 || idlen >= sizeof ds->nodes[0].d.id)
-        return BD_ERR_NOTFOUND;
-    uint32_t idx = table_find(ds, BY_ID, id, idlen, key_hash(id, idlen));
-    if (idx == NIL || ds->nodes[idx].state != NODE_LIVE)
+    uint32_t idx = live_by_id(ds, id);
+    if (idx == NIL)
         return BD_ERR_NOTFOUND;
     struct node *n = &ds->nodes[idx];
     n->d.cost_usd = cost_usd;
@@ -425,7 +454,13 @@ int decisions_find(decisions *ds, const char *key, double now_s, const struct de
     case NODE_LIVE:
         if (is_expired(ds, n->d.created_s, now_s))
             return BD_ERR_EXPIRED;
-        *out = &n->d;
+        if (xblob_decode(ds->xout, n->xb, n->xlen, (size_t)ds->dim) != 0) {
+            assert(!"a blob encoded by decisions_add does not decode");
+            return BD_ERR_INTERNAL;
+        }
+        ds->found = n->d;
+        ds->found.x = ds->xout;
+        *out = &ds->found;
         return BD_OK;
     case NODE_TAKEN:
         return BD_ERR_EXISTS;
@@ -463,6 +498,29 @@ size_t decisions_expire(decisions *ds, double now_s, size_t max_work)
         work++;
     }
     return work;
+}
+
+int decisions_new_id(char out[33], double now_s)
+{
+    if (util_random_hex128(out) != BD_OK)
+        return BD_ERR_IO;
+    static const char hex[] = "0123456789abcdef";
+    double ms = isfinite(now_s) && now_s > 0 ? floor(now_s * 1e3) : 0;
+    uint64_t t = ms < 0x1p48 ? (uint64_t)ms : 0;
+    for (int i = 11; i >= 0; i--, t >>= 4)
+        out[i] = hex[t & 15];
+    return BD_OK;
+}
+
+int decisions_xblob(const decisions *ds, const char *id, const unsigned char **blob, size_t *len)
+{
+    assert(ds && blob && len);
+    uint32_t idx = live_by_id(ds, id);
+    if (idx == NIL)
+        return BD_ERR_NOTFOUND;
+    *blob = ds->nodes[idx].xb;
+    *len = ds->nodes[idx].xlen;
+    return BD_OK;
 }
 
 size_t decisions_pending(const decisions *ds)

@@ -49,7 +49,8 @@
 #define HTTP_PATH_LOG_MAX 128
 #define HTTP_METRICS_MAX ((size_t)16 * 1024 * 1024) /* one /metrics exposition */
 #define HTTP_BODY_LOG_MAX 4096                      /* log.debug_bodies: bytes logged */
-#define HTTP_REQ_POOL_MAX 64 /* finished request states kept for reuse (4.5 KiB + x each) */
+#define HTTP_REQ_POOL_MAX 64       /* finished request states kept for reuse (4.5 KiB + x each) */
+#define HTTP_BODY_KEEP (16 * 1024) /* a pooled state keeps a body buffer up to this size */
 
 enum route {
     R_NOTFOUND = 0,
@@ -119,6 +120,7 @@ struct req {
     /* chat */
     struct openai_chat chat;
     int chat_ok;
+    void *chat_spare; /* the parser's buffer, kept with a pooled state */
     double *x;
     int x_dim; /* doubles allocated at x (kept with a pooled state) */
     struct pref_weights w;
@@ -352,9 +354,9 @@ static void add_bandit_headers(struct req *r, struct MHD_Response *resp)
     MHD_add_response_header(resp, "X-Bandit-Request-Id", r->id);
     if (r->arm >= 0)
         MHD_add_response_header(resp, "X-Bandit-Arm", r->g->cfg->arms[r->arm].name);
-    snprintf(v, sizeof v, "%.8f", r->cost_usd);
+    util_fmt_fixed8(v, sizeof v, r->cost_usd); /* "%.8f" */
     MHD_add_response_header(resp, "X-Bandit-Cost-Usd", v);
-    snprintf(v, sizeof v, "%d", r->fallbacks);
+    util_fmt_int(v, sizeof v, r->fallbacks);
     MHD_add_response_header(resp, "X-Bandit-Fallbacks", v);
     if (r->scores)
         MHD_add_response_header(resp, "X-Bandit-Scores", r->scores);
@@ -469,9 +471,13 @@ static struct req *req_new(http_server *s, struct MHD_Connection *conn, const ch
         s->n_free_reqs--;
         double *x = r->x;
         int x_dim = r->x_dim;
+        struct util_buf body = r->body; /* empty; its memory is reused */
+        void *chat_spare = r->chat_spare;
         memset(r, 0, sizeof *r);
         r->x = x;
         r->x_dim = x_dim;
+        r->body = body;
+        r->chat_spare = chat_spare;
     } else {
         r = calloc(1, sizeof *r);
         if (!r)
@@ -491,7 +497,7 @@ static struct req *req_new(http_server *s, struct MHD_Connection *conn, const ch
         r->method_ok = method_allowed(r->allow, method);
     r->wants_body = r->method_ok && (r->route == R_CHAT || r->route == R_FEEDBACK);
     size_t cap = r->route == R_CHAT ? s->cfg->limits.max_body_bytes : HTTP_FEEDBACK_BODY_MAX;
-    util_buf_init(&r->body, cap);
+    util_buf_rearm(&r->body, cap);
     util_buf_init(&r->resp, HTTP_UPSTREAM_BODY_MAX);
     util_buf_init(&r->relay, HTTP_RELAY_MAX);
     r->next = s->reqs;
@@ -529,6 +535,25 @@ static void access_log(struct req *r)
     log_emit(LOG_INFO, "request", f);
 }
 
+/* Free a finished (or pooled) request state for good. */
+static void req_destroy(struct req *r)
+{
+    util_buf_free(&r->body);
+    openai_chat_spare_free(r->chat_spare);
+    free(r->x);
+    free(r);
+}
+
+/* Done with the request body: keep a small buffer for the next request on
+ * this state (it saves the buffer's growth, four reallocs for 1 KiB). */
+static void body_release(struct req *r)
+{
+    if (r->body.cap > HTTP_BODY_KEEP)
+        util_buf_free(&r->body);
+    else
+        util_buf_reset(&r->body);
+}
+
 static void req_free(struct req *r)
 {
     http_server *s = r->srv;
@@ -556,11 +581,11 @@ static void req_free(struct req *r)
         r->next->prev = r->prev;
     assert(s->n_reqs > 0);
     s->n_reqs--;
-    util_buf_free(&r->body);
+    body_release(r);
     util_buf_free(&r->resp);
     util_buf_free(&r->relay);
     if (r->chat_ok)
-        openai_chat_free(&r->chat);
+        openai_chat_release(&r->chat, &r->chat_spare); /* req_destroy frees the spare */
     if (r->sse_init)
         openai_sse_free(&r->sse);
     free(r->scores);
@@ -575,8 +600,7 @@ static void req_free(struct req *r)
         s->n_free_reqs++;
         return;
     }
-    free(r->x);
-    free(r);
+    req_destroy(r);
 }
 
 static enum metrics_route metrics_route_of(enum route rt)
@@ -1106,11 +1130,11 @@ static enum MHD_Result handle_chat(struct req *r)
         }
     }
     memset(&r->chat, 0, sizeof r->chat);
-    if (openai_chat_parse(r->body.data ? r->body.data : "", r->body.len, &r->chat, err, sizeof err,
-                          &param) != BD_OK)
+    if (openai_chat_parse_with(r->body.data ? r->body.data : "", r->body.len, &r->chat,
+                               &r->chat_spare, err, sizeof err, &param) != BD_OK)
         return respond_error(r, 400, err, "invalid_request_error", param, "invalid_request");
     r->chat_ok = 1;
-    util_buf_free(&r->body);
+    body_release(r);
 
     int pinned = -1;
     if (!config_is_alias(cfg, r->chat.model)) {
@@ -1188,7 +1212,7 @@ static enum MHD_Result handle_chat(struct req *r)
     }
     if (router_decide(s->d.rt, r->x, &r->w, pt, hmask, pinned, &r->dec) != BD_OK || r->dec.n < 1)
         return respond_error(r, 503, "no healthy arm", "server_error", NULL, "no_healthy_arm");
-    if (util_random_hex128(r->id) != BD_OK)
+    if (decisions_new_id(r->id, util_wall_s()) != BD_OK) /* time-ordered: decisions.h */
         return respond_error(r, 500, "no randomness", "server_error", NULL, "internal_error");
     const char *dbg = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Bandit-Debug");
     if (dbg && strcmp(dbg, "1") == 0)
@@ -1684,8 +1708,7 @@ static void server_free(http_server *s)
     while (s->free_reqs) {
         struct req *r = s->free_reqs;
         s->free_reqs = r->next;
-        free(r->x);
-        free(r);
+        req_destroy(r);
     }
     auth_destroy(s->auth);
     gen_unref(s->cur);

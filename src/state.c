@@ -353,7 +353,13 @@ void state_decision(state *s, const struct decision *d)
 {
     const char *name = arm_name_cb(s, d->arm);
     struct store_decision sd = store_decision_of(d, name);
-    int rc = name ? store_put_decision(s->st, &sd, NULL, NULL) : BD_ERR_INVALID;
+    /* The decision table already holds x in the store's blob form (the
+     * caller added d just before): hand that over, the writer binds it as is. */
+    const unsigned char *xb = NULL;
+    size_t xlen = 0;
+    if (decisions_xblob(s->ds, d->id, &xb, &xlen) != BD_OK)
+        xb = NULL;
+    int rc = name ? store_put_decision_enc(s->st, &sd, xb, xlen, NULL, NULL) : BD_ERR_INVALID;
     if (rc != BD_OK) {
         s->dropped++;
         if (s->dropped == 1 || s->dropped % 1000 == 0)

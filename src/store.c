@@ -20,6 +20,7 @@
 
 #include "banditd/err.h"
 #include "banditd/util.h"
+#include "banditd/xblob.h"
 
 #define STORE_APP_ID 0x42444231 /* "BDB1": PRAGMA application_id of a banditd db */
 #define STORE_BUSY_TIMEOUT_MS 5000
@@ -75,8 +76,9 @@ struct op {
     uint64_t client;
     int n_snap;
     struct snap_arm *snap;
-    size_t xlen;       /* bytes in x */
-    unsigned char x[]; /* encoded features (little-endian doubles) */
+    size_t xlen; /* bytes in x */
+    int x_enc;   /* x holds a features blob (xblob.h), not dim doubles */
+    double x[];  /* dim native doubles, or (x_enc) a blob of xlen <= dim*8 bytes */
 };
 
 enum stmt_id {
@@ -161,7 +163,7 @@ struct store {
 
     struct op **batch;    /* writer thread only */
     unsigned char *xenc;  /* writer thread only: dim*8, an encoded features blob */
-    unsigned char *xraw;  /* writer thread only: dim*8, a decoded one */
+    double *xraw;         /* writer thread only: dim, a decoded one */
     unsigned char *xidx;  /* writer thread only: dim, encoder scratch */
     int sync_normal;      /* writer thread only: the connection is at NORMAL */
     int64_t unsynced_ns;  /* writer thread only: first commit not fsynced yet (0 = none) */
@@ -191,131 +193,6 @@ static int map_sqlite(int rc)
     default:
         return BD_ERR_IO;
     }
-}
-
-static void enc_doubles(unsigned char *out, const double *x, size_t n)
-{
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    memcpy(out, x, n * sizeof(double));
-#else
-    for (size_t i = 0; i < n; i++) {
-        uint64_t u;
-        memcpy(&u, &x[i], 8);
-        for (int k = 0; k < 8; k++)
-            out[8 * i + k] = (unsigned char)(u >> (8 * k));
-    }
-#endif
-}
-
-static void dec_doubles(double *out, const unsigned char *in, size_t n)
-{
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    memcpy(out, in, n * sizeof(double));
-#else
-    for (size_t i = 0; i < n; i++) {
-        uint64_t u = 0;
-        for (int k = 0; k < 8; k++)
-            u |= (uint64_t)in[8 * i + k] << (8 * k);
-        memcpy(&out[i], &u, 8);
-    }
-#endif
-}
-
-/* Features blobs (schema 3). A vector is stored either raw (dim*8 bytes,
- * little-endian doubles: schemas 1 and 2, and whatever does not compress) or
- * as a dictionary: tag XBLOB_DICT, k (1 byte), k distinct non-zero 8-byte
- * patterns in first-occurrence order, then one byte per coordinate: 0 for
- * +0.0 (all bits zero), else 1..k. Bit patterns are copied, never converted,
- * so decoding gives back the very same doubles (-0.0, NaN payloads
- * included). The dictionary form is used only when shorter than raw, so the
- * length alone tells the forms apart. At dim=256 a chat request's x (~230
- * non-zeros, ~70 distinct values: weighted n-gram counts times one scale)
- * takes ~850 bytes instead of 2,048, so a decision row fits 4 to a 4 KiB
- * page instead of 1 (docs/state.md). */
-#define XBLOB_DICT 0xD1
-#define XBLOB_MAX_K 255
-#define XBLOB_SLOTS 512 /* open-addressing table (9-bit hash), > 2 * XBLOB_MAX_K */
-
-static uint64_t load_le64(const unsigned char *p)
-{
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    uint64_t u;
-    memcpy(&u, p, 8);
-    return u;
-#else
-    uint64_t u = 0;
-    for (int k = 7; k >= 0; k--)
-        u = u << 8 | p[k];
-    return u;
-#endif
-}
-
-static size_t xblob_dict_len(size_t dim, size_t k)
-{
-    return 2 + 8 * k + dim;
-}
-
-/* Encode dim raw little-endian doubles (dim*8 bytes) into out (capacity
- * dim*8), using idx (dim bytes) as scratch; returns the blob's length.
- * Deterministic: equal vectors give equal blobs. */
-static size_t xblob_encode(unsigned char *out, const unsigned char *raw, size_t dim,
-                           unsigned char *idx)
-{
-    unsigned char slot[XBLOB_SLOTS]; /* dictionary index + 1, 0 = free */
-    uint64_t dict[XBLOB_MAX_K];      /* the patterns (as loaded) */
-    memset(slot, 0, sizeof slot);
-    size_t k = 0;
-    if (xblob_dict_len(dim, 1) >= dim * 8)
-        goto raw; /* too small to gain anything */
-    for (size_t i = 0; i < dim; i++) {
-        uint64_t u = load_le64(raw + 8 * i);
-        if (u == 0) {
-            idx[i] = 0;
-            continue;
-        }
-        size_t h = (size_t)((u * 0x9E3779B97F4A7C15ull) >> 55); /* 9 bits */
-        while (slot[h] && dict[slot[h] - 1] != u)
-            h = (h + 1) % XBLOB_SLOTS;
-        if (!slot[h]) {
-            if (k == XBLOB_MAX_K || xblob_dict_len(dim, k + 1) >= dim * 8)
-                goto raw;
-            dict[k] = u;
-            slot[h] = (unsigned char)++k;
-        }
-        idx[i] = slot[h];
-    }
-    out[0] = XBLOB_DICT;
-    out[1] = (unsigned char)k;
-    for (size_t j = 0; j < k; j++) /* the same bytes as in raw */
-        for (int b = 0; b < 8; b++)
-            out[2 + 8 * j + (size_t)b] = (unsigned char)(dict[j] >> (8 * b));
-    memcpy(out + 2 + 8 * k, idx, dim);
-    return xblob_dict_len(dim, k);
-raw:
-    memcpy(out, raw, dim * 8);
-    return dim * 8;
-}
-
-/* Decode a features blob (either form) into dim*8 raw little-endian bytes. */
-static int xblob_decode(unsigned char *raw, const unsigned char *blob, size_t len, size_t dim)
-{
-    if (len == dim * 8 && blob) {
-        memcpy(raw, blob, len);
-        return 0;
-    }
-    if (!blob || len < 2 || blob[0] != XBLOB_DICT || len != xblob_dict_len(dim, blob[1]))
-        return BD_ERR_CORRUPT;
-    size_t k = blob[1];
-    const unsigned char *idx = blob + 2 + 8 * k;
-    for (size_t i = 0; i < dim; i++) {
-        if (idx[i] > k)
-            return BD_ERR_CORRUPT;
-        if (idx[i])
-            memcpy(raw + 8 * i, blob + 2 + 8 * (idx[i] - 1), 8);
-        else
-            memset(raw + 8 * i, 0, 8);
-    }
-    return 0;
 }
 
 static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
@@ -656,8 +533,12 @@ static int apply_op(store *s, struct op *o)
         else
             sqlite3_bind_null(st, 2);
         sqlite3_bind_text(st, 3, o->arm, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(st, 4, s->xenc, (int)xblob_encode(s->xenc, o->x, o->xlen / 8, s->xidx),
-                          SQLITE_STATIC);
+        if (o->x_enc) /* encoded on the loop thread (the decision table's form) */
+            sqlite3_bind_blob(st, 4, o->x, (int)o->xlen, SQLITE_STATIC);
+        else
+            sqlite3_bind_blob(st, 4, s->xenc,
+                              (int)xblob_encode(s->xenc, o->x, (size_t)s->dim, s->xidx),
+                              SQLITE_STATIC);
         sqlite3_bind_double(st, 5, o->w.quality);
         sqlite3_bind_double(st, 6, o->w.cost);
         sqlite3_bind_double(st, 7, o->w.latency);
@@ -690,7 +571,7 @@ static int apply_op(store *s, struct op *o)
         rc = sqlite3_step(st);
         if (rc == SQLITE_ROW) {
             same = xblob_decode(s->xraw, sqlite3_column_blob(st, 0),
-                                (size_t)sqlite3_column_bytes(st, 0), o->xlen / 8) == 0 &&
+                                (size_t)sqlite3_column_bytes(st, 0), (size_t)s->dim) == 0 &&
                    memcmp(s->xraw, o->x, o->xlen) == 0;
             rc = SQLITE_DONE;
         }
@@ -704,7 +585,7 @@ static int apply_op(store *s, struct op *o)
             sqlite3_bind_null(st, 3);
         else
             sqlite3_bind_blob(st, 3, s->xenc,
-                              (int)xblob_encode(s->xenc, o->x, o->xlen / 8, s->xidx),
+                              (int)xblob_encode(s->xenc, o->x, (size_t)s->dim, s->xidx),
                               SQLITE_STATIC);
         sqlite3_bind_double(st, 4, o->t1);
         sqlite3_bind_double(st, 5, o->t2);
@@ -1088,7 +969,7 @@ int store_open(const char *path, int dim, double text_weight, unsigned flags, st
     s->ring = calloc(queue_cap, sizeof *s->ring);
     s->batch = calloc(queue_cap, sizeof *s->batch);
     s->xenc = malloc((size_t)dim * 8);
-    s->xraw = malloc((size_t)dim * 8);
+    s->xraw = malloc((size_t)dim * sizeof *s->xraw);
     s->xidx = malloc((size_t)dim);
     if (!s->ring || !s->batch || !s->xenc || !s->xraw || !s->xidx) {
         r = BD_ERR_NOMEM;
@@ -1301,9 +1182,19 @@ static int enqueue_or_free(store *s, struct op *o)
 
 int store_put_decision(store *s, const struct store_decision *d, store_done_fn cb, void *ud)
 {
-    if (!d || !d->x || !util_all_finite(d->x, (size_t)s->dim))
+    return store_put_decision_enc(s, d, NULL, 0, cb, ud);
+}
+
+int store_put_decision_enc(store *s, const struct store_decision *d, const unsigned char *xblob,
+                           size_t xblob_len, store_done_fn cb, void *ud)
+{
+    size_t dim = (size_t)s->dim;
+    if (!d || !d->x || (xblob && (xblob_len < 1 || xblob_len > dim * 8)))
         return BD_ERR_INVALID;
-    size_t xlen = (size_t)s->dim * 8;
+    /* The blob's dictionary is x's distinct values: checking it is enough. */
+    if (xblob ? !xblob_all_finite(xblob, xblob_len, dim) : !util_all_finite(d->x, dim))
+        return BD_ERR_INVALID;
+    size_t xlen = xblob ? xblob_len : dim * 8;
     struct op *o = op_new(s, OP_DECISION, xlen, cb, ud);
     if (!o)
         return BD_ERR_NOMEM;
@@ -1313,7 +1204,8 @@ int store_put_decision(store *s, const struct store_decision *d, store_done_fn c
         free_op(s, o);
         return BD_ERR_INVALID;
     }
-    enc_doubles(o->x, d->x, (size_t)s->dim);
+    o->x_enc = xblob != NULL;
+    memcpy(o->x, xblob ? (const void *)xblob : (const void *)d->x, xlen);
     o->w = d->w;
     o->t1 = d->created_s;
     o->t2 = d->cost_usd;
@@ -1379,7 +1271,7 @@ int store_put_feedback(store *s, const char *request_id, const char *arm_name, c
         free_op(s, o);
         return BD_ERR_INVALID;
     }
-    enc_doubles(o->x, x, (size_t)dim);
+    memcpy(o->x, x, (size_t)dim * sizeof *x);
     o->t1 = reward;
     o->t2 = at_s;
     return enqueue_or_free(s, o);
@@ -1426,8 +1318,8 @@ int store_put_snapshot(store *s, const struct store_arm_state *arms, int n, stor
             free_op(s, o);
             return BD_ERR_NOMEM;
         }
-        enc_doubles(a->A, arms[i].A, d * d);
-        enc_doubles(a->b, arms[i].b, d);
+        xblob_put_le(a->A, arms[i].A, d * d);
+        xblob_put_le(a->b, arms[i].b, d);
     }
     return enqueue_or_free(s, o);
 }
@@ -1452,25 +1344,15 @@ static int get_doubles(sqlite3_stmt *st, int col, double *out, size_t n)
     size_t len = (size_t)sqlite3_column_bytes(st, col);
     if (len != n * 8 || (!p && n))
         return BD_ERR_CORRUPT;
-    dec_doubles(out, p, n);
+    xblob_get_le(out, p, n);
     return 0;
 }
 
 /* Decode a features blob (raw or dictionary form) into dim doubles. */
 static int get_x(sqlite3_stmt *st, int col, double *out, size_t dim)
 {
-    const unsigned char *p = sqlite3_column_blob(st, col);
-    size_t len = (size_t)sqlite3_column_bytes(st, col);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    return xblob_decode((unsigned char *)out, p, len, dim);
-#else
-    unsigned char *raw = malloc(dim * 8);
-    int r = raw ? xblob_decode(raw, p, len, dim) : BD_ERR_NOMEM;
-    if (!r)
-        dec_doubles(out, raw, dim);
-    free(raw);
-    return r;
-#endif
+    return xblob_decode(out, sqlite3_column_blob(st, col), (size_t)sqlite3_column_bytes(st, col),
+                        dim);
 }
 
 static const char *col_text(sqlite3_stmt *st, int col)

@@ -9,6 +9,7 @@
 #include "banditd/decisions.h"
 #include "banditd/err.h"
 #include "banditd/util.h"
+#include "banditd/xblob.h"
 
 #define DIM 4
 
@@ -151,6 +152,94 @@ START_TEST(test_completion_id_rules)
     d.x = NULL;
     ck_assert_int_eq(decisions_add(ds, &d), BD_ERR_INVALID);
     decisions_destroy(ds);
+}
+END_TEST
+
+/* Features come back bit for bit through the compact form the table keeps
+ * them in (xblob.h): -0.0, the smallest subnormal, ±DBL_MAX, a NaN payload
+ * (the table does not judge values), a 256-distinct-value vector (raw form)
+ * and an all-zero one. decisions_xblob hands out that very blob; a taken
+ * decision has none. A corrupt blob is refused by the decoder. */
+START_TEST(test_exact_features)
+{
+    enum { BIGD = 256 };
+    decisions *ds = decisions_create(BIGD, 16, 60);
+    static double x[3][BIGD], y[BIGD];
+    uint64_t nan_bits = 0x7ff8000000c0ffeeull;
+    for (int i = 0; i < BIGD; i++)
+        x[0][i] = i % 5 == 0 ? 0.0 : ((i * 13) % 23 - 11) / 37.0;
+    x[0][1] = -0.0;
+    x[0][2] = 4.9406564584124654e-324;
+    x[0][3] = -1.7976931348623157e308;
+    x[0][4] = 1.7976931348623157e308;
+    memcpy(&x[0][6], &nan_bits, 8);
+    for (int i = 0; i < BIGD; i++)
+        x[1][i] = 1.0 + i * 0x1p-40; /* 256 distinct values */
+    /* x[2]: all +0.0 */
+    static unsigned char enc[BIGD * 8], idx[BIGD];
+    const size_t want_len[3] = {0, BIGD * 8, 2 + BIGD};
+    for (int k = 0; k < 3; k++) {
+        struct decision d;
+        memset(&d, 0, sizeof d);
+        snprintf(d.id, sizeof d.id, "x%d", k);
+        d.x = x[k];
+        d.created_s = 1;
+        ck_assert_int_eq(decisions_add(ds, &d), 0);
+        const unsigned char *blob = NULL;
+        size_t len = 0;
+        ck_assert_int_eq(decisions_xblob(ds, d.id, &blob, &len), 0);
+        ck_assert_uint_eq(len, xblob_encode(enc, x[k], BIGD, idx));
+        ck_assert_int_eq(memcmp(blob, enc, len), 0);
+        if (want_len[k])
+            ck_assert_uint_eq(len, want_len[k]);
+        else
+            ck_assert_uint_lt(len, BIGD * 4); /* dictionary form */
+        ck_assert_int_eq(xblob_decode(y, blob, len, BIGD), 0);
+        ck_assert_int_eq(memcmp(y, x[k], sizeof y), 0);
+    }
+    for (int k = 0; k < 3; k++) {
+        char id[8];
+        snprintf(id, sizeof id, "x%d", k);
+        const struct decision *o = NULL;
+        ck_assert_int_eq(decisions_find(ds, id, 2, &o), 0);
+        ck_assert_int_eq(memcmp(o->x, x[k], sizeof x[k]), 0);
+    }
+    const unsigned char *blob = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(decisions_take(ds, "x0"), 0);
+    ck_assert_int_eq(decisions_xblob(ds, "x0", &blob, &len), BD_ERR_NOTFOUND);
+    ck_assert_int_eq(decisions_xblob(ds, "nope", &blob, &len), BD_ERR_NOTFOUND);
+    ck_assert_int_eq(decisions_xblob(ds, NULL, &blob, &len), BD_ERR_NOTFOUND);
+
+    len = xblob_encode(enc, x[0], BIGD, idx);
+    ck_assert_int_eq(xblob_decode(y, enc, len - 1, BIGD), BD_ERR_CORRUPT);
+    ck_assert_int_eq(xblob_decode(y, NULL, len, BIGD), BD_ERR_CORRUPT);
+    enc[len - 1] = (unsigned char)(enc[1] + 1); /* an index beyond k */
+    ck_assert_int_eq(xblob_decode(y, enc, len, BIGD), BD_ERR_CORRUPT);
+    enc[0] = 0;
+    ck_assert_int_eq(xblob_decode(y, enc, len, BIGD), BD_ERR_CORRUPT);
+    decisions_destroy(ds);
+}
+END_TEST
+
+/* Request ids: 32 hex digits, the first 12 the clock in ms (so ids sort by
+ * time), the rest random (two ids of the same ms differ). */
+START_TEST(test_new_id)
+{
+    char a[33], b[33], c[33];
+    ck_assert_int_eq(decisions_new_id(a, 1764300000.1234), 0);
+    ck_assert_int_eq(decisions_new_id(b, 1764300000.1234), 0);
+    ck_assert_int_eq(decisions_new_id(c, 1764300000.1244), 0);
+    ck_assert_uint_eq(strlen(a), 32);
+    ck_assert_uint_eq(strspn(a, "0123456789abcdef"), 32);
+    char want[13];
+    snprintf(want, sizeof want, "%012llx", 1764300000123ULL);
+    ck_assert_int_eq(strncmp(a, want, 12), 0);
+    ck_assert_int_eq(strncmp(b, want, 12), 0);
+    ck_assert_str_ne(a, b);
+    ck_assert_int_lt(strcmp(a, c), 0);
+    ck_assert_int_eq(decisions_new_id(a, -1), 0); /* a clock before 1970: prefix 0 */
+    ck_assert_int_eq(strncmp(a, "000000000000", 12), 0);
 }
 END_TEST
 
@@ -634,6 +723,8 @@ static Suite *suite(void)
     tcase_add_test(tc, test_create_invalid);
     tcase_add_test(tc, test_add_find_both_ids);
     tcase_add_test(tc, test_completion_id_rules);
+    tcase_add_test(tc, test_exact_features);
+    tcase_add_test(tc, test_new_id);
     tcase_add_test(tc, test_duplicate_id);
     tcase_add_test(tc, test_ttl_boundary);
     tcase_add_test(tc, test_take_then_exists);

@@ -20,6 +20,7 @@
 
 #include "banditd/err.h"
 #include "banditd/store.h"
+#include "banditd/xblob.h"
 
 #define DIM 8
 #define TW 0.5 /* router.text_weight */
@@ -411,15 +412,23 @@ START_TEST(test_dim_mismatch)
 }
 END_TEST
 
+/* sql with its one parameter bound to key, on a read-only connection *db of
+ * the test database (the caller finalizes and closes). */
+static sqlite3_stmt *query_key(sqlite3 **db, const char *sql, const char *key)
+{
+    *db = NULL;
+    ck_assert_int_eq(sqlite3_open_v2(g_db, db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    ck_assert_int_eq(sqlite3_prepare_v2(*db, sql, -1, &st, NULL), SQLITE_OK);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    return st;
+}
+
 /* The meta value of key ("" when absent). */
 static void meta_value(const char *key, char *out, size_t outlen)
 {
-    sqlite3 *db = NULL;
-    ck_assert_int_eq(sqlite3_open_v2(g_db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    sqlite3_stmt *st = NULL;
-    ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key=?", -1, &st, NULL),
-                     SQLITE_OK);
-    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    sqlite3 *db;
+    sqlite3_stmt *st = query_key(&db, "SELECT value FROM meta WHERE key=?", key);
     out[0] = '\0';
     if (sqlite3_step(st) == SQLITE_ROW)
         snprintf(out, outlen, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -1479,6 +1488,85 @@ START_TEST(test_compact_features)
 }
 END_TEST
 
+/* The bytes of the x column of decision id (the test's own connection). */
+static size_t row_blob(const char *id, unsigned char *out, size_t cap)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st = query_key(&db, "SELECT x FROM decisions WHERE id = ?", id);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    size_t n = (size_t)sqlite3_column_bytes(st, 0);
+    ck_assert_uint_le(n, cap);
+    memcpy(out, sqlite3_column_blob(st, 0), n);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
+/* A decision handed over already encoded (store_put_decision_enc, what
+ * state_decision passes from the decision table) is written byte for byte as
+ * the writer would have encoded x itself, in either form, and reads back
+ * exactly; a feedback with the same x then refers to it (NULL x). Bad blob
+ * lengths are refused. */
+START_TEST(test_preencoded_decision)
+{
+    store *s = open_ok(BIG, 64);
+    static double x[2][BIG];
+    static unsigned char enc[BIG * 8], idx[BIG], a[BIG * 8], b[BIG * 8];
+    make_big_x(x[0], 7);
+    for (int i = 0; i < BIG; i++)
+        x[1][i] = -1.0 - i * 0x1p-30; /* 256 distinct values: raw */
+    for (int k = 0; k < 2; k++) {
+        char own[16], pre[16];
+        snprintf(own, sizeof own, "own-%d", k);
+        snprintf(pre, sizeof pre, "pre-%d", k);
+        put_big(s, own, x[k], 100.0 + k);
+        size_t len = xblob_encode(enc, x[k], BIG, idx);
+        struct store_decision d = {
+            .id = pre, .arm_name = "cheap", .x = x[k], .created_s = 100.5 + k};
+        ck_assert_int_eq(store_put_decision_enc(s, &d, enc, len, NULL, NULL), 0);
+        memset(enc, 0xEE, sizeof enc); /* copied at call time */
+        drain(s);
+        size_t la = row_blob(own, a, sizeof a), lb = row_blob(pre, b, sizeof b);
+        ck_assert_uint_eq(la, len);
+        ck_assert_uint_eq(lb, len);
+        ck_assert_int_eq(memcmp(a, b, la), 0);
+        if (k == 0)
+            ck_assert_uint_lt(len, (size_t)BIG * 4); /* dictionary form */
+        else
+            ck_assert_uint_eq(len, (size_t)BIG * 8); /* raw form */
+    }
+    struct big_rows *c = calloc(1, sizeof *c);
+    ck_assert_int_eq(store_load_decisions(s, 110.0, 100.0, collect_big_decision, c), 0);
+    ck_assert_int_eq(c->n, 4);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(memcmp(c->x[i], x[i / 2], sizeof x[0]), 0);
+    struct ack ack = {0};
+    ck_assert_int_eq(store_put_feedback(s, "pre-0", "cheap", x[0], BIG, 1, 200, on_ack, &ack), 0);
+    drain(s);
+    ck_assert_int_eq(ack.rc, 0);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM feedback WHERE x IS NULL"), 1);
+    struct store_decision bad = {.id = "bad", .arm_name = "cheap", .x = x[0]};
+    ck_assert_int_eq(store_put_decision_enc(s, &bad, enc, 0, NULL, NULL), BD_ERR_INVALID);
+    ck_assert_int_eq(store_put_decision_enc(s, &bad, enc, BIG * 8 + 1, NULL, NULL), BD_ERR_INVALID);
+    size_t len0 = xblob_encode(enc, x[0], BIG, idx);
+    ck_assert_int_eq(store_put_decision_enc(s, &bad, enc, len0 - 1, NULL, NULL), BD_ERR_INVALID);
+    static double inf_x[BIG];
+    memcpy(inf_x, x[0], sizeof inf_x);
+    inf_x[9] = INFINITY; /* a non-finite value, in either form */
+    ck_assert_int_eq(
+        store_put_decision_enc(s, &bad, enc, xblob_encode(enc, inf_x, BIG, idx), NULL, NULL),
+        BD_ERR_INVALID);
+    inf_x[9] = NAN;
+    for (int i = 10; i < BIG; i++)
+        inf_x[i] = i * 0x1p-30; /* raw */
+    ck_assert_int_eq(xblob_encode(enc, inf_x, BIG, idx), BIG * 8);
+    ck_assert_int_eq(store_put_decision_enc(s, &bad, enc, BIG * 8, NULL, NULL), BD_ERR_INVALID);
+    ck_assert_int_eq(count_rows("SELECT count(*) FROM decisions WHERE id = 'bad'"), 0);
+    free(c);
+    store_close(s);
+}
+END_TEST
+
 /* A schema-2 database (raw features blobs, a feedback row sharing its
  * decision's x) is migrated to 3 on open: rows read back unchanged. */
 START_TEST(test_migrate_v2)
@@ -1580,6 +1668,7 @@ static Suite *store_suite(void)
     tcase_add_test(tc, test_complete_folds);
     tcase_add_test(tc, test_migrate_v1);
     tcase_add_test(tc, test_compact_features);
+    tcase_add_test(tc, test_preencoded_decision);
     tcase_add_test(tc, test_migrate_v2);
     tcase_add_test(tc, test_export_jsonl);
     tcase_add_test(tc, test_full_disk);

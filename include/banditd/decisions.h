@@ -19,9 +19,12 @@
  *   was made (made = the latest time the store has seen through add/find/
  *   expire; then decisions_expire purges it) and at most max_entries of
  *   them are kept (the oldest tombstone is dropped first).
- * - Memory: a live decision costs dim*8 bytes of features plus ~320 bytes
- *   (node, both hash indexes, malloc overhead); a tombstone ~300 bytes.
- *   Measured: 2350 bytes per pending decision at dim=256. */
+ * - Memory: a live decision keeps its features in the exact compact form of
+ *   xblob.h (what the store writes: at most dim*8 bytes, ~850 for a chat
+ *   request at dim=256) plus ~350 bytes (node, both hash indexes, malloc
+ *   overhead); a tombstone ~300 bytes. Measured (banditd, store off,
+ *   20,000 bench/chat.lua requests, RSS growth): ~1,250 bytes per pending
+ *   decision at dim=256 (2,340 when x was kept as dim doubles). */
 #ifndef BANDITD_DECISIONS_H
 #define BANDITD_DECISIONS_H
 
@@ -35,7 +38,7 @@ struct decision {
     char id[33];                          /* request id (hex) */
     char completion_id[DECISIONS_ID_MAX]; /* upstream "id", "" until known */
     int arm;
-    double *x; /* dim features, owned by the store */
+    double *x; /* dim features (decisions_add: read; decisions_find: decoded copy) */
     struct pref_weights w;
     double created_s; /* wall clock */
     double cost_usd;
@@ -50,7 +53,15 @@ typedef struct decisions decisions;
 decisions *decisions_create(int dim, size_t max_entries, double ttl_s);
 void decisions_destroy(decisions *ds);
 
-/* Insert (copies d and d->x). Returns 0, BD_ERR_EXISTS for a duplicate id
+/* A new request id: 32 lowercase hex digits, the first 12 the wall clock
+ * now_s in milliseconds (time-ordered), the other 20 kernel randomness (80
+ * bits: unguessable, unique across replicas). Time order makes the store's
+ * index on decisions.id grow at its right edge: random ids put every insert
+ * on a random index page, ~4x the WAL bytes per decision row at 100k rows
+ * (docs/performance.md §8). Returns 0 or BD_ERR_IO. */
+int decisions_new_id(char out[33], double now_s);
+
+/* Insert (copies d, and d->x in xblob form). Returns 0, BD_ERR_EXISTS for a duplicate id
  * (live or tombstone), BD_ERR_NOMEM, or BD_ERR_INVALID (empty or
  * unterminated id, NULL x). A full store evicts its oldest live decision:
  * never fails for capacity. A non-empty d->completion_id is indexed too. */
@@ -65,9 +76,16 @@ int decisions_complete(decisions *ds, const char *id, const char *completion_id,
                        double latency_ms);
 
 /* Find by request id or completion id at time now_s. Returns 0 and *out
- * (borrowed, valid until the next call that modifies ds), BD_ERR_NOTFOUND,
- * BD_ERR_EXPIRED, or BD_ERR_EXISTS (feedback already taken). */
+ * (borrowed: a copy whose x is decoded bit for bit into a buffer of ds,
+ * valid until the next decisions_find or call that modifies ds),
+ * BD_ERR_NOTFOUND, BD_ERR_EXPIRED, or BD_ERR_EXISTS (feedback already taken). */
 int decisions_find(decisions *ds, const char *key, double now_s, const struct decision **out);
+
+/* The features of the live decision with request id id, as stored: an
+ * xblob.h blob of *len bytes (borrowed, valid until the next call that
+ * modifies ds). For the store, which writes this very form. Returns 0 or
+ * BD_ERR_NOTFOUND. O(1), no decoding. */
+int decisions_xblob(const decisions *ds, const char *id, const unsigned char **blob, size_t *len);
 
 /* Mark id (request id or completion id) as having received feedback: frees
  * its features, keeps a tombstone. Returns 0 or BD_ERR_NOTFOUND (no live

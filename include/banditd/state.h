@@ -65,7 +65,9 @@ store *state_store(state *s);
 void state_poll(state *s, double now_s);
 
 /* Queue a decision (its arm index in the current config); fire and forget.
- * A full queue drops it (logged, counted): see docs/state.md. */
+ * A full queue drops it (logged, counted): see docs/state.md. When d is live
+ * in the decision table (decisions_add(d) just before, as http.c does), the
+ * table's compact copy of x is written (decisions_xblob: no second encoding). */
 void state_decision(state *s, const struct decision *d);
 /* Record the completion id / cost / latency of a queued decision. */
 void state_complete(state *s, const char *id, const char *completion_id, double cost_usd,

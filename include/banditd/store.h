@@ -180,6 +180,14 @@ void store_close(store *s);
  * BD_ERR_INVALID (bad id/arm name/x), or BD_ERR_NOMEM. */
 int store_put_decision(store *s, const struct store_decision *d, store_done_fn cb, void *ud);
 
+/* The same with d->x already encoded by xblob_encode: xblob, xblob_len bytes
+ * (e.g. the decision table's copy, decisions_xblob; it must be d->x's
+ * encoding). The op carries these bytes (~850 at dim=256 instead of 2,048)
+ * and the writer binds them as they are, without encoding. xblob NULL: as
+ * store_put_decision. BD_ERR_INVALID also for xblob_len 0 or > dim*8. */
+int store_put_decision_enc(store *s, const struct store_decision *d, const unsigned char *xblob,
+                           size_t xblob_len, store_done_fn cb, void *ud);
+
 /* Record the completion id (NULL or "" = leave it) and the measured cost and
  * latency of decision id. Fire and forget; a missing id is not an error.
  * Returns 0, BD_ERR_BUSY, BD_ERR_INVALID or BD_ERR_NOMEM. */

@@ -49,7 +49,7 @@ CFLAGS_SRC="-g -O1 -std=c11 -D_GNU_SOURCE -w -Iinclude $(pkg-config --cflags $PK
 # The modules the harnesses reach, compiled once with coverage
 # instrumentation into an archive (the linker takes only what each needs, so
 # one module that does not compile breaks only the harnesses that use it).
-MODULES="config pref openai feedback decisions features router linucb store util err log"
+MODULES="config pref openai feedback decisions features router linucb store util err log xblob"
 objs=()
 for m in $MODULES; do
     o=$out/obj/$m.o
