@@ -50,6 +50,8 @@ TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 BENCH_SRCS := $(wildcard bench/*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRCS))
+# Built with the benchmarks but not run by `make bench`: bench/proxy.sh's "floor" target.
+NULL_PROXY := $(BUILD)/bench/null_proxy
 
 .PHONY: all deps check check-asan check-valgrind unit unit-build e2e demo bench install clean format fuzz
 all: $(BUILD)/banditd $(BUILD)/banditd-sim
@@ -106,7 +108,7 @@ demo: deps
 	@BUILD=$(BUILD) scripts/demo.sh
 
 bench: all $(BENCH_BINS)
-	@for b in $(BENCH_BINS); do echo "== $$b"; $$b || exit 1; done
+	@for b in $(filter-out $(NULL_PROXY),$(BENCH_BINS)); do echo "== $$b"; $$b || exit 1; done
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/banditd $(DESTDIR)$(PREFIX)/share/man/man8
@@ -129,8 +131,8 @@ fuzz:
 # Side-by-side proxy benchmark (direct / nginx / banditd, wrk), slow-upstream
 # concurrency and streaming TTFB (issue 9; docs/performance.md).
 .PHONY: bench-proxy bench-slow bench-stream bench-profile
-bench-proxy: all
-	@BANDITD=$(CURDIR)/$(BUILD)/banditd bench/proxy.sh
+bench-proxy: all $(NULL_PROXY)
+	@BANDITD=$(CURDIR)/$(BUILD)/banditd NULL_PROXY=$(CURDIR)/$(NULL_PROXY) bench/proxy.sh
 bench-slow: all
 	@BANDITD=$(CURDIR)/$(BUILD)/banditd bench/slow.sh
 bench-stream: all

@@ -4,21 +4,27 @@
 #   nginx    wrk → nginx proxy_pass (keepalive upstream pool) → fake upstream
 #   banditd  wrk → banditd (LinUCB routing over 2 arms, both the same upstream)
 #            → fake upstream
+#   floor    wrk → bench/null_proxy (the same libmicrohttpd + libcurl usage as
+#            banditd, no work of its own: the floor of banditd's stack)
+#            → fake upstream
 # wrk POSTs a ~1 KB chat request (bench/chat.lua) with CONNS connections for
-# DUR seconds per run; runs are interleaved direct/nginx/banditd × ROUNDS and
-# the medians are printed: req/s, p50/p99 latency, overhead over direct (p50,
-# p99), CPU per request of the proxy process (utime+stime from /proc), peak
-# RSS (VmHWM), then the ratios banditd/nginx.
+# DUR seconds per run; runs are interleaved direct/nginx/banditd/floor ×
+# ROUNDS and the medians are printed: req/s, p50/p99 latency, overhead over
+# direct (p50, p99), CPU per request of the proxy process (utime+stime from
+# /proc), peak RSS (VmHWM), then the ratios banditd/nginx and floor/nginx.
 #
 # Fairness: nginx runs worker_processes 1 and banditd serves from its one loop
-# thread; neither is pinned; both have their access log off. wrk (1 thread),
-# the fake upstream (1 worker) and the proxy share the machine's cores.
+# thread (the floor has one thread); none is pinned; all have their access log
+# off. wrk (1 thread), the fake upstream (1 worker) and the proxy share the
+# machine's cores.
 #
 #   usage: bench/proxy.sh            (make bench-proxy)
 #   env:   BANDITD (default build/banditd)  CONNS=32  DUR=5  ROUNDS=3
 #          ARMS=2  STORE=1 (store.path in the temp dir)  WRK_THREADS=1
 #          BANDITD_B=path: a second banditd build (e.g. before a change),
 #          measured interleaved as target "banditd-B" (same config)
+#          NULL_PROXY (default build/bench/null_proxy, `make bench`)  FLOOR=0
+#          skips the "floor" target
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -30,11 +36,15 @@ ARMS=${ARMS:-2}
 STORE=${STORE:-1}
 WRK_THREADS=${WRK_THREADS:-1}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+NULL_PROXY=${NULL_PROXY:-$root/${BUILD:-build}/bench/null_proxy}
+FLOOR=${FLOOR:-1}
 
 for t in wrk "$NGINX" python3; do
     command -v "$t" >/dev/null || { echo "bench-proxy: $t not found" >&2; exit 2; }
 done
 [[ -x $BANDITD ]] || { echo "bench-proxy: $BANDITD not built (make)" >&2; exit 2; }
+[[ $FLOOR == 0 || -x $NULL_PROXY ]] ||
+    { echo "bench-proxy: $NULL_PROXY not built (make bench, or FLOOR=0)" >&2; exit 2; }
 
 tmp=$(mktemp -d /tmp/bench-proxy.XXXXXX)
 pids=()
@@ -117,6 +127,15 @@ for _ in $(seq 200); do [[ -s $tmp/banditd.port ]] && break; sleep 0.05; done
 bd_port=$(cat "$tmp/banditd.port")
 wait_port "$bd_port"
 targets="direct nginx banditd"
+if [[ $FLOOR != 0 ]]; then
+    fl_port=$(free_port)
+    "$NULL_PROXY" "$fl_port" "http://127.0.0.1:$up_port/v1/chat/completions" \
+        >"$tmp/floor.out" 2>"$tmp/floor.log" &
+    pids+=($!)
+    fl_pid=$!
+    wait_port "$fl_port"
+    targets="$targets floor"
+fi
 if [[ -n ${BANDITD_B:-} ]]; then
     sed "s#$tmp/banditd.db#$tmp/banditd-b.db#" "$tmp/banditd.json" >"$tmp/banditd-b.json"
     OPENBLAS_NUM_THREADS=1 "$BANDITD_B" --config "$tmp/banditd-b.json" --listen 127.0.0.1:0 \
@@ -130,7 +149,7 @@ if [[ -n ${BANDITD_B:-} ]]; then
 fi
 
 # Sanity: each target answers the chat body with 200 before we time it.
-for p in "$up_port" "$ng_port" "$bd_port" ${bb_port:-}; do
+for p in "$up_port" "$ng_port" "$bd_port" ${fl_port:-} ${bb_port:-}; do
     code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
         -d '{"model":"auto","messages":[{"role":"user","content":"hi"}]}' \
         "http://127.0.0.1:$p/v1/chat/completions")
@@ -150,7 +169,7 @@ echo "  banditd $("$BANDITD" --version 2>/dev/null | head -n1), $($NGINX -v 2>&1
 res="$tmp/results.tsv"
 : >"$res"
 # Warm-up (also trains nothing: no feedback is posted; routing still scores).
-for p in "$up_port" "$ng_port" "$bd_port" ${bb_port:-}; do
+for p in "$up_port" "$ng_port" "$bd_port" ${fl_port:-} ${bb_port:-}; do
     wrk -t1 -c"$CONNS" -d1s -s "$here/chat.lua" "http://127.0.0.1:$p/v1/chat/completions" \
         >/dev/null 2>&1 || true
 done
@@ -161,6 +180,7 @@ for r in $(seq "$ROUNDS"); do
         nginx) port=$ng_port; pid=$ng_worker ;;
         banditd) port=$bd_port; pid=$bd_pid ;;
         banditd-B) port=$bb_port; pid=$bb_pid ;;
+        floor) port=$fl_port; pid=$fl_pid ;;
         esac
         c0=$(cpu_ticks "$pid")
         out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"${DUR}s" --latency -s "$here/chat.lua" \
@@ -190,7 +210,8 @@ done
 
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 python3 - "$res" "$(hwm "$up_worker")" "$(hwm "$ng_worker")" "$(hwm "$bd_pid")" \
-    "$(awk '/Threads/ {print $2}' "/proc/$bd_pid/status")" "$([[ -n ${bb_pid:-} ]] && hwm "$bb_pid")" <<'EOF'
+    "$(awk '/Threads/ {print $2}' "/proc/$bd_pid/status")" "$([[ -n ${bb_pid:-} ]] && hwm "$bb_pid")" \
+    "$([[ -n ${fl_pid:-} ]] && hwm "$fl_pid")" <<'EOF'
 import statistics as st, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 hwm = {"direct": int(sys.argv[2]), "nginx": int(sys.argv[3]), "banditd": int(sys.argv[4])}
@@ -198,6 +219,9 @@ names = ["direct", "nginx", "banditd"]
 if sys.argv[6]:
     hwm["banditd-B"] = int(sys.argv[6])
     names.append("banditd-B")
+if sys.argv[7]:
+    hwm["floor"] = int(sys.argv[7])
+    names.insert(3, "floor")
 med = {}
 for t in names:
     rs = [r for r in rows if r[0] == t]
@@ -226,6 +250,13 @@ print("banditd/nginx: throughput %.2f (target >= 0.60), p50 overhead %s (target 
       "p99 overhead %s, CPU/req %.2f, peak RSS %.2f; banditd threads %s"
       % (b["rps"] / n["rps"], ratio(o50b, o50n), ratio(o99b, o99n), b["cpu"] / n["cpu"],
          hwm["banditd"] / hwm["nginx"], sys.argv[5]))
+if "floor" in med:
+    f = med["floor"]
+    o50f, o99f = f["p50"] - d["p50"], f["p99"] - d["p99"]
+    print("floor/nginx: throughput %.2f, p50 overhead %s, p99 overhead %s, CPU/req %.2f, "
+          "peak RSS %.2f; banditd/floor: throughput %.2f, CPU/req %.2f"
+          % (f["rps"] / n["rps"], ratio(o50f, o50n), ratio(o99f, o99n), f["cpu"] / n["cpu"],
+             hwm["floor"] / hwm["nginx"], b["rps"] / f["rps"], b["cpu"] / f["cpu"]))
 ok = b["rps"] >= 0.6 * n["rps"] and (o50n <= 0 and o50b <= 0 or o50b <= 2 * max(o50n, 1e-9))
 ok = ok and med["banditd"]["errors"] == 0 and med["nginx"]["errors"] == 0
 print("acceptance (throughput >= 60%% of nginx, p50 overhead <= 2x nginx, no errors): %s"
