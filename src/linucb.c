@@ -60,20 +60,30 @@ struct linucb {
      * the coarse plane Q1 holds q1 (values q1·m1_i, m1 = 256·m2: 8 bits per
      * entry, half the bytes of half precision), the fine plane Q2 holds q2
      * (with Q1, 16 bits per entry). The diagonal is hd, in single
-     * precision. A plane is in groups of 8 rows: group g holds rows
-     * 8g..8g+7, columns 16·floor(g/2)..dp16-1 (zero at and below the
-     * diagonal), chunk by chunk (16 columns × 8 rows = 128 bytes, row by
-     * row) so the kernel streams it linearly. */
+     * precision. A plane is in blocks of 32 rows, column pair by column
+     * pair, so that the kernel keeps one row per 32-bit lane for the whole
+     * block (no horizontal sums) and streams the plane linearly: block b
+     * (rows i0 = 32b .. i0+31) holds first the columns i0..i0+15 of its rows
+     * i0..i0+15 (8 steps of 32 bytes), then the columns i0+16..dp-1 of all
+     * 32 rows (steps of 64 bytes). A step is one column pair (j, j+1): row
+     * i0+r at bytes 2r (column j) and 2r+1 (j+1). Entries at and below the
+     * diagonal, and padding, are zero. */
     int8_t *Q1, *Q2;
+    int8_t *rows;  /* 2 × 32 × dp bytes (refresh scratch: a block's rows of q1, q2) */
     float *aux;    /* 6 arrays of dp, zero-padded: hd, hsd = sqrt(hd), m1, m2, R1, R2
                     * (R_L: row sums of the stored |values| of plane level L) */
-    int16_t *xi;   /* dp16 scratch (score: quantized x; refresh: one row of Q) */
+    int16_t *xi;   /* dp scratch (score: quantized x; refresh: one row of Q) */
     double hinv;   /* 1/s */
     double enorm1; /* >= ‖E₁‖₂, E₁ = (coarse values) − H off the diagonal */
     double enorm2; /* >= ‖E₂‖₂, the same for the fine values Q·m2 */
-    int dp, dp16;  /* d rounded up to a multiple of 8, of 16 */
-    size_t nchunk; /* chunks per plane */
+    int dp;        /* d rounded up to a multiple of 32 */
 };
+
+/* Bytes of the block of a plane that starts at row i0 (see struct linucb). */
+static size_t block_bytes(int dp, int i0)
+{
+    return 256 + 32 * (size_t)(dp - i0 - 16);
+}
 
 static int all_finite(const double *v, size_t n)
 {
@@ -191,22 +201,24 @@ linucb *linucb_create(int dim, double lambda, double mu0, double forgetting, int
     m->theta = malloc(d * sizeof(double));
     m->u = malloc(d * sizeof(double));
     m->P = malloc(d * (d + 1) / 2 * sizeof(float));
-    m->dp = (int)((d + 7) / 8 * 8);
-    m->dp16 = (int)((d + 15) / 16 * 16);
-    m->xs = calloc((size_t)m->dp16, sizeof(float));
+    m->dp = (int)((d + 31) / 32 * 32);
+    m->xs = calloc((size_t)m->dp, sizeof(float));
     if (!m->A || !m->Ainv || !m->work || !m->b || !m->theta || !m->u || !m->P || !m->xs) {
         linucb_destroy(m);
         return NULL;
     }
     if (half_supported()) {
-        for (int g = 0; g < m->dp / 8; g++)
-            m->nchunk += (size_t)(m->dp16 - 16 * (g / 2)) / 16;
-        /* 64-byte aligned: a chunk is two whole cache lines */
-        m->Q1 = aligned_alloc(64, 128 * m->nchunk);
-        m->Q2 = aligned_alloc(64, 128 * m->nchunk);
+        size_t bytes = 0;
+        for (int i0 = 0; i0 < m->dp; i0 += 32)
+            bytes += block_bytes(m->dp, i0);
+        /* 64-byte aligned (a multiple of 64 bytes, as aligned_alloc wants) */
+        bytes = (bytes + 63) / 64 * 64;
+        m->Q1 = aligned_alloc(64, bytes);
+        m->Q2 = aligned_alloc(64, bytes);
+        m->rows = malloc(64 * (size_t)m->dp);
         m->aux = calloc(6 * (size_t)m->dp, sizeof(float));
-        m->xi = calloc((size_t)m->dp16, sizeof(int16_t));
-        if (!m->Q1 || !m->Q2 || !m->aux || !m->xi) {
+        m->xi = calloc((size_t)m->dp, sizeof(int16_t));
+        if (!m->Q1 || !m->Q2 || !m->rows || !m->aux || !m->xi) {
             linucb_destroy(m);
             return NULL;
         }
@@ -229,6 +241,7 @@ void linucb_destroy(linucb *m)
     free(m->xs);
     free(m->Q1);
     free(m->Q2);
+    free(m->rows);
     free(m->aux);
     free(m->xi);
     free(m);
@@ -409,108 +422,156 @@ __attribute__((target("avx2,fma"))) static double quad_packed_avx2(const float *
 }
 /* ---- quantized copy: refresh, kernel, approximate scores ---- */
 
-/* Horizontal sum of four doubles. */
-__attribute__((target("avx2,fma"))) static inline double hsum4(__m256d v)
-{
-    double t[4];
-    _mm256_storeu_pd(t, v);
-    return (t[0] + t[1]) + (t[2] + t[3]);
-}
-
-/* One row of the upper triangle, j in [j0, d): Q_ij into qrow[j]; returns
- * Σ E1_ij² (E1_ij = q1_ij·m1 − H_ij, the coarse storage error) and adds
- * Σ |q1_ij·m1| to *r1. */
-__attribute__((target("avx2,fma"))) static double quant_row(const double *row, int j0, int d,
-                                                            double sc, float m1f, float m2f,
-                                                            int16_t *qrow, double *r1)
-{
-    double inv = 1.0 / (double)m2f, u1 = (double)m1f;
-    const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL));
-    const __m256d vs = _mm256_set1_pd(sc), vi = _mm256_set1_pd(inv), v1 = _mm256_set1_pd(u1);
-    const __m256d lim = _mm256_set1_pd(32512.0), nlim = _mm256_set1_pd(-32512.0);
-    const __m256d half8 = _mm256_set1_pd(128.0), s8 = _mm256_set1_pd(1.0 / 256.0);
-    __m256d f1 = _mm256_setzero_pd(), a1 = f1;
-    int j = j0;
-    for (; j + 4 <= d; j += 4) {
-        __m256d v = _mm256_mul_pd(vs, _mm256_loadu_pd(row + j));
-        __m256d q =
-            _mm256_round_pd(_mm256_mul_pd(v, vi), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        q = _mm256_min_pd(lim, _mm256_max_pd(nlim, q));
-        __m256d t1 = _mm256_mul_pd(_mm256_floor_pd(_mm256_mul_pd(_mm256_add_pd(q, half8), s8)), v1);
-        __m256d x1 = _mm256_sub_pd(t1, v);
-        f1 = _mm256_fmadd_pd(x1, x1, f1);
-        a1 = _mm256_add_pd(a1, _mm256_and_pd(t1, absmask));
-        __m128i qi = _mm256_cvtpd_epi32(q);
-        _mm_storel_epi64((__m128i *)(void *)(qrow + j), _mm_packs_epi32(qi, qi));
-    }
-    double f = hsum4(f1), a = hsum4(a1);
-    for (; j < d; j++) {
-        double v = sc * row[j];
-        double q = fmin(32512.0, fmax(-32512.0, nearbyint(v * inv)));
-        double t1 = floor((q + 128.0) / 256.0) * u1;
-        f += (t1 - v) * (t1 - v);
-        a += fabs(t1);
-        qrow[j] = (int16_t)q;
-    }
-    *r1 += a;
-    return f;
-}
-
-/* max_{j in [j0, d)} |sc·row[j]| */
-__attribute__((target("avx2,fma"))) static double row_absmax(const double *row, int j0, int d,
-                                                             double sc)
+/* Row i of P, (float)row[i..d-1], into p; returns max_{j in (i, d)} |sc·row[j]|. */
+__attribute__((target("avx2,fma"))) static double pack_absmax(const double *row, int i, int d,
+                                                              double sc, float *p)
 {
     const __m256d absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL));
     __m256d mx = _mm256_setzero_pd();
-    int j = j0;
-    for (; j + 4 <= d; j += 4)
-        mx = _mm256_max_pd(mx, _mm256_and_pd(_mm256_loadu_pd(row + j), absmask));
+    *p++ = (float)row[i];
+    int j = i + 1;
+    for (; j + 4 <= d; j += 4, p += 4) {
+        __m256d v = _mm256_loadu_pd(row + j);
+        _mm_storeu_ps(p, _mm256_cvtpd_ps(v));
+        mx = _mm256_max_pd(mx, _mm256_and_pd(v, absmask));
+    }
     double t[4];
     _mm256_storeu_pd(t, mx);
     double m = fmax(fmax(t[0], t[1]), fmax(t[2], t[3]));
-    for (; j < d; j++)
+    for (; j < d; j++) {
+        *p++ = (float)row[j];
         m = fmax(m, fabs(row[j]));
+    }
     return m * sc;
 }
 
-/* The chunks of row k of a group (columns c0..dp16-1 of qrow): Q = 256·q1 +
- * q2 with q1 = floor((Q + 128)/256) (an arithmetic shift), q2 = Q − 256·q1. */
-__attribute__((target("avx2,fma"))) static void split_row(const int16_t *qrow, int c0, int dp16,
-                                                          int8_t *p1, int8_t *p2)
+/* Horizontal sum of eight 32-bit lanes, in 64 bits. */
+__attribute__((target("avx2,fma"))) static int64_t hsum_epi32(__m256i v)
 {
-    const __m256i r = _mm256_set1_epi16(128);
-    for (int c = c0; c < dp16; c += 16, p1 += 128, p2 += 128) {
-        __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(qrow + c));
-        __m256i hi = _mm256_srai_epi16(_mm256_add_epi16(q, r), 8);
-        __m256i lo = _mm256_sub_epi16(q, _mm256_slli_epi16(hi, 8));
-        /* packs interleaves the 128-bit lanes: (hi 0-7, lo 0-7, hi 8-15, lo 8-15) */
-        __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi16(hi, lo), 0xd8);
-        _mm_storeu_si128((__m128i *)(void *)p1, _mm256_castsi256_si128(p));
-        _mm_storeu_si128((__m128i *)(void *)p2, _mm256_extracti128_si256(p, 1));
-    }
+    int32_t t[8];
+    _mm256_storeu_si256((__m256i *)(void *)t, v);
+    int64_t s = 0;
+    for (int k = 0; k < 8; k++)
+        s += t[k];
+    return s;
 }
 
-/* Row i of P: (float)row[i..d-1]. */
-__attribute__((target("avx2,fma"))) static void packed_row(const double *row, int i, int d,
-                                                           float *p)
+/* Row i of Q from row i of P (p: P_ii, P_i,i+1, ..., P_i,d-1): Q_ij =
+ * round(P_ij·k) clamped to ±32512 (single precision, k = s/m2_i), zero for j
+ * <= i and j >= d, split into bytes Q = 256·q1 + q2 with q1 = floor((Q +
+ * 128)/256) (an arithmetic shift), q2 = Q − 256·q1: q1 into p1[i0..dp-1], q2
+ * into p2[i0..dp-1]. sums = {Σ|q1|, Σ|q2|, Σ q2²} (each below 2^31 for dp <=
+ * 65536). */
+__attribute__((target("avx2,fma"))) static void quant_row(const float *p, int i, int d, int i0,
+                                                          int dp, float k, int8_t *p1, int8_t *p2,
+                                                          int64_t sums[3])
 {
-    int j = i;
-    for (; j + 4 <= d; j += 4, p += 4)
-        _mm_storeu_ps(p, _mm256_cvtpd_ps(_mm256_loadu_pd(row + j)));
-    for (; j < d; j++)
-        *p++ = (float)row[j];
+    const __m256i r = _mm256_set1_epi16(128), one = _mm256_set1_epi16(1);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i vi = _mm256_set1_epi32(i), vd = _mm256_set1_epi32(d);
+    const __m256 vk = _mm256_set1_ps(k), lim = _mm256_set1_ps(32512.0f),
+                 nlim = _mm256_set1_ps(-32512.0f);
+    __m256i a1 = _mm256_setzero_si256(), a2 = a1, s2 = a1;
+    int c0 = (i + 1) / 16 * 16;
+    memset(p1 + i0, 0, (size_t)(c0 - i0));
+    memset(p2 + i0, 0, (size_t)(c0 - i0));
+    for (int c = c0; c < dp; c += 16) {
+        const float *q = p + (c - i); /* P_ic */
+        __m256 v0, v1;
+        if (c > i && c + 16 <= d) {
+            v0 = _mm256_loadu_ps(q);
+            v1 = _mm256_loadu_ps(q + 8);
+        } else { /* the lanes with i < j < d only */
+            __m256i j0 = _mm256_add_epi32(_mm256_set1_epi32(c), lane);
+            __m256i j1 = _mm256_add_epi32(j0, _mm256_set1_epi32(8));
+            __m256i m0 = _mm256_and_si256(_mm256_cmpgt_epi32(j0, vi), _mm256_cmpgt_epi32(vd, j0));
+            __m256i m1 = _mm256_and_si256(_mm256_cmpgt_epi32(j1, vi), _mm256_cmpgt_epi32(vd, j1));
+            v0 = _mm256_maskload_ps(q, m0);
+            v1 = _mm256_maskload_ps(q + 8, m1);
+        }
+        v0 = _mm256_min_ps(lim, _mm256_max_ps(nlim, _mm256_mul_ps(v0, vk)));
+        v1 = _mm256_min_ps(lim, _mm256_max_ps(nlim, _mm256_mul_ps(v1, vk)));
+        /* packs interleaves the 128-bit lanes: put them back in order */
+        __m256i qv = _mm256_permute4x64_epi64(
+            _mm256_packs_epi32(_mm256_cvtps_epi32(v0), _mm256_cvtps_epi32(v1)), 0xd8);
+        __m256i hi = _mm256_srai_epi16(_mm256_add_epi16(qv, r), 8);
+        __m256i lo = _mm256_sub_epi16(qv, _mm256_slli_epi16(hi, 8));
+        a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(_mm256_abs_epi16(hi), one));
+        a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(_mm256_abs_epi16(lo), one));
+        s2 = _mm256_add_epi32(s2, _mm256_madd_epi16(lo, lo));
+        /* (hi 0-7, lo 0-7, hi 8-15, lo 8-15) */
+        __m256i b = _mm256_permute4x64_epi64(_mm256_packs_epi16(hi, lo), 0xd8);
+        _mm_storeu_si128((__m128i *)(void *)(p1 + c), _mm256_castsi256_si128(b));
+        _mm_storeu_si128((__m128i *)(void *)(p2 + c), _mm256_extracti128_si256(b, 1));
+    }
+    sums[0] = hsum_epi32(a1);
+    sums[1] = hsum_epi32(a2);
+    sums[2] = hsum_epi32(s2);
+}
+
+/* 8 rows (src, src + stride, ...) × 16 bytes, read as 8 column pairs of 2
+ * bytes, transposed: out + p·ostride gets column pair p of the 8 rows (16
+ * bytes, row r at 2r). */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+transpose_pairs(const int8_t *src, int stride, int8_t *out, int ostride)
+{
+#define LD(k) _mm_loadu_si128((const __m128i *)(const void *)(src + (size_t)(k)*stride))
+#define ST(k, v) _mm_storeu_si128((__m128i *)(void *)(out + (size_t)(k)*ostride), v)
+    __m128i r0 = LD(0), r1 = LD(1), r2 = LD(2), r3 = LD(3);
+    __m128i r4 = LD(4), r5 = LD(5), r6 = LD(6), r7 = LD(7);
+    /* rows 2k, 2k+1 interleaved: pairs 0-3 (t·0), pairs 4-7 (t·1) */
+    __m128i t00 = _mm_unpacklo_epi16(r0, r1), t01 = _mm_unpackhi_epi16(r0, r1);
+    __m128i t10 = _mm_unpacklo_epi16(r2, r3), t11 = _mm_unpackhi_epi16(r2, r3);
+    __m128i t20 = _mm_unpacklo_epi16(r4, r5), t21 = _mm_unpackhi_epi16(r4, r5);
+    __m128i t30 = _mm_unpacklo_epi16(r6, r7), t31 = _mm_unpackhi_epi16(r6, r7);
+    /* rows 0-3 (u0·) and 4-7 (u1·): pairs (0,1), (2,3), (4,5), (6,7) */
+    __m128i u00 = _mm_unpacklo_epi32(t00, t10), u01 = _mm_unpackhi_epi32(t00, t10);
+    __m128i u02 = _mm_unpacklo_epi32(t01, t11), u03 = _mm_unpackhi_epi32(t01, t11);
+    __m128i u10 = _mm_unpacklo_epi32(t20, t30), u11 = _mm_unpackhi_epi32(t20, t30);
+    __m128i u12 = _mm_unpacklo_epi32(t21, t31), u13 = _mm_unpackhi_epi32(t21, t31);
+    ST(0, _mm_unpacklo_epi64(u00, u10));
+    ST(1, _mm_unpackhi_epi64(u00, u10));
+    ST(2, _mm_unpacklo_epi64(u01, u11));
+    ST(3, _mm_unpackhi_epi64(u01, u11));
+    ST(4, _mm_unpacklo_epi64(u02, u12));
+    ST(5, _mm_unpackhi_epi64(u02, u12));
+    ST(6, _mm_unpacklo_epi64(u03, u13));
+    ST(7, _mm_unpackhi_epi64(u03, u13));
+#undef LD
+#undef ST
+}
+
+/* One plane's block at row i0 (see struct linucb) from its rows' bytes
+ * (rows: 32 rows of dp bytes, columns i0..dp-1 used). */
+__attribute__((target("avx2,fma"))) static void store_block(const int8_t *rows, int i0, int dp,
+                                                            int8_t *out)
+{
+    for (int s = 0; s < 4; s++) /* rows i0+8s .. i0+8s+7 */
+        for (int c = s < 2 ? i0 : i0 + 16; c < dp; c += 16) {
+            if (c < i0 + 16)
+                transpose_pairs(rows + (size_t)8 * s * dp + c, dp, out + 16 * s, 32);
+            else
+                transpose_pairs(rows + (size_t)8 * s * dp + c, dp,
+                                out + 256 + (size_t)(c - i0 - 16) * 32 + 16 * s, 64);
+        }
 }
 
 /* Rebuild P and the quantized copy from A⁻¹ (see struct linucb): hd, hsd, the row
  * multipliers m1, m2, the planes, the row sums R1, R2 of |stored values| (R2
  * bounded: |Q·m2| <= |q1·m1| + 128·m2) and the bounds enorm1, enorm2 on the
  * spectral norms of the storage errors E_L = H_L − s·A⁻¹ (symmetric, zero
- * diagonal) by their Frobenius norms: for E1 summed from the stored values,
- * for E2 from |E2_ij| <= (1/2 + 2^-30)·m2_i (Q is the nearest integer to
- * H_ij/m2_i, up to the rounding of that quotient). */
+ * diagonal) by their Frobenius norms, both from |Q_ij·m2_i − H_ij| <= e·m2_i,
+ * e = 1/2 + 2^-7. Q is the nearest integer to fl(P_ij·k), and P_ij =
+ * fp32(A⁻¹_ij), k = fp32(s/m2_i) and the product are within 3.01·2^-24
+ * (relative) of H_ij/m2_i, which is at most 32512·(1 + 2^-23) in magnitude
+ * (m2_i is max_j |H_ij|/32512 rounded to single precision): < 0.006 off,
+ * and the clamp to ±32512 stays within that too. E2 is that error, and E1 =
+ * q1·m1 − H = −q2·m2 + (Q·m2 − H), so |E1_ij| <= (|q2_ij| + e)·m2_i and
+ * Σ_j E1_ij² <= m2_i²·(Σ q2² + 2e·Σ|q2| + n_i·e²) over the n_i = d−1−i
+ * stored entries of row i (q2 = 0 elsewhere; the integer sums are exact). */
 __attribute__((target("avx2,fma"))) static void refresh_quant(linucb *m)
 {
-    int d = m->d, dp = m->dp, dp16 = m->dp16, G = dp / 8;
+    int d = m->d, dp = m->dp;
     const double *Ai = m->Ainv;
     double mx = 0.0;
     for (int i = 0; i < d; i++)
@@ -521,44 +582,50 @@ __attribute__((target("avx2,fma"))) static void refresh_quant(linucb *m)
     double sc = 1.0 / mx;
     m->hinv = mx;
     float *hd = m->aux, *hsd = hd + dp, *m1 = hsd + dp, *m2 = m1 + dp, *R1 = m2 + dp, *R2 = R1 + dp;
-    double fro1 = 0.0, fro2 = 0.0;
-    int16_t *qrow = m->xi; /* scratch here: one row of Q */
+    double fro1 = 0.0, fro2 = 0.0, e = 0.5 + 0x1p-7;
+    int8_t *rows1 = m->rows, *rows2 = m->rows + (size_t)32 * dp;
     int8_t *p1 = m->Q1, *p2 = m->Q2;
-    for (int g = 0; g < G; g++) {
-        int c0 = 16 * (g / 2);
-        for (int k = 0; k < 8; k++) {
-            int i = 8 * g + k;
-            memset(qrow + c0, 0, (size_t)(dp16 - c0) * sizeof(int16_t));
-            if (i < d) {
-                const double *row = Ai + (size_t)i * d;
-                /* the next row's upper part, while this one is processed */
-                if (i + 1 < d)
-                    for (int j = i + 2; j < d; j += 8)
-                        _mm_prefetch((const char *)(row + d + j), _MM_HINT_T0);
-                packed_row(row, i, d, m->P + (size_t)i * d - (size_t)i * (i - 1) / 2);
-                double v = sc * row[i];
-                hd[i] = (float)(v > 0.0 ? v : 0.0);
-                hsd[i] = (float)sqrt((double)hd[i]);
-                m2[i] = (float)(row_absmax(row, i + 1, d, sc) / 32512.0);
-                m1[i] = 256.0f * m2[i];
-                double r1 = 0.0, n = (double)(d - 1 - i), e2 = (0.5 + 0x1p-30) * (double)m2[i];
-                if (m2[i] > 0.0f)
-                    fro1 += quant_row(row, i + 1, d, sc, m1[i], m2[i], qrow, &r1);
-                fro2 += n * e2 * e2;
-                /* rounded up: they only enter the bound */
-                R1[i] = (float)(r1 * (1.0 + 0x1p-20));
-                R2[i] = (float)((r1 + 128.0 * n * (double)m2[i]) * (1.0 + 0x1p-20));
+    for (int i0 = 0; i0 < dp; i0 += 32) {
+        for (int k = 0; k < 32; k++) {
+            int i = i0 + k;
+            int64_t q[3] = {0, 0, 0};
+            int8_t *o1 = rows1 + (size_t)k * dp, *o2 = rows2 + (size_t)k * dp;
+            if (i >= d) {
+                memset(o1 + i0, 0, (size_t)(dp - i0));
+                memset(o2 + i0, 0, (size_t)(dp - i0));
+                continue;
             }
-            split_row(qrow, c0, dp16, p1 + 16 * k, p2 + 16 * k);
+            const double *row = Ai + (size_t)i * d;
+            /* the next row's upper part, while this one is processed */
+            if (i + 1 < d)
+                for (int j = i + 2; j < d; j += 8)
+                    _mm_prefetch((const char *)(row + d + j), _MM_HINT_T0);
+            double v = sc * row[i];
+            hd[i] = (float)(v > 0.0 ? v : 0.0);
+            hsd[i] = (float)sqrt((double)hd[i]);
+            float *prow = m->P + (size_t)i * d - (size_t)i * (i - 1) / 2;
+            m2[i] = (float)(pack_absmax(row, i, d, sc, prow) / 32512.0);
+            m1[i] = 256.0f * m2[i];
+            quant_row(prow, i, d, i0, dp, m2[i] > 0.0f ? (float)(sc / (double)m2[i]) : 0.0f, o1, o2,
+                      q);
+            double n = (double)(d - 1 - i), u = (double)m2[i];
+            fro1 += u * u * ((double)q[2] + 2.0 * e * (double)q[1] + n * e * e);
+            fro2 += n * e * e * u * u;
+            /* rounded up: they only enter the bound */
+            double r1 = (double)q[0] * (double)m1[i];
+            R1[i] = (float)(r1 * (1.0 + 0x1p-20));
+            R2[i] = (float)((r1 + 128.0 * n * u) * (1.0 + 0x1p-20));
         }
-        size_t nc = (size_t)(dp16 - c0) / 16;
-        p1 += 128 * nc;
-        p2 += 128 * nc;
+        store_block(rows1, i0, dp, p1);
+        store_block(rows2, i0, dp, p2);
+        p1 += block_bytes(dp, i0);
+        p2 += block_bytes(dp, i0);
     }
     /* ‖E‖₂ <= ‖E‖_F, and E has both triangles: ‖E‖_F² = 2·Σ over the upper
-     * one. 2^-40 covers the double sums. */
-    m->enorm1 = sqrt(2.0 * fro1) * (1.0 + 0x1p-40);
-    m->enorm2 = sqrt(2.0 * fro2) * (1.0 + 0x1p-40);
+     * one. 2^-30 covers the double products and sums (< 2^-36 relative for
+     * d <= 65536). */
+    m->enorm1 = sqrt(2.0 * fro1) * (1.0 + 0x1p-30);
+    m->enorm2 = sqrt(2.0 * fro2) * (1.0 + 0x1p-30);
 }
 
 /* out[k] = the eight lanes of v_k summed in double, in order. */
@@ -576,59 +643,80 @@ __attribute__((target("avx2,fma"))) static void lane_sums4(__m256 v0, __m256 v1,
     }
 }
 
+/* Broadcast of the 16-bit pair (ξ_j, ξ_j+1) to the eight 32-bit lanes. */
+__attribute__((target("avx2,fma"))) static inline __m256i xpair(const int16_t *xi)
+{
+    int32_t v;
+    memcpy(&v, xi, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+/* The running sums of quad_i8. */
+struct qsums {
+    __m256d tot;             /* Σ c_i·S_i, four double lanes */
+    __m256 sc, sq, st1, st2; /* score_quant's rs, eight single lanes */
+};
+
+/* Rows g..g+7 of quad_i8: S (one row per lane) into the sums. */
+__attribute__((target("avx2,fma"))) static inline void fold_rows(struct qsums *u, __m256i s, int g,
+                                                                 const float *mult, const float *xs,
+                                                                 int dp, const float *aux)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 xv = _mm256_loadu_ps(xs + g);
+    __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(xv, _mm256_loadu_ps(mult + g)));
+    u->tot = _mm256_add_pd(u->tot, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(p)),
+                                                 _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1))));
+    if (aux != NULL) { /* the sums of score_quant's rs */
+        __m256 xa = _mm256_and_ps(xv, absmask);
+        u->sc = _mm256_fmadd_ps(_mm256_loadu_ps(aux + dp + g), xa, u->sc);
+        u->sq = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(aux + g), xv), xv, u->sq);
+        u->st1 = _mm256_fmadd_ps(_mm256_loadu_ps(aux + 4 * dp + g), xa, u->st1);
+        u->st2 = _mm256_fmadd_ps(_mm256_loadu_ps(aux + 5 * dp + g), xa, u->st2);
+    }
+}
+
 /* Σ_i c_i·S_i with S_i = Σ_{j>i} q_ij·ξ_j (q: one plane, ξ: quantized x,
  * both exact integers, summed exactly in 32 bits: |S_i| < 2^31 by the choice
- * of ξ's range) and c_i = xs_i·mult_i in single precision; each group of 8
- * rows adds its eight c_i·S_i in double. A chunk is 8 rows × 16 columns,
- * each row's 16 bytes widened to 16-bit and multiplied in pairs (vpmaddwd). */
+ * of ξ's range) and c_i = xs_i·mult_i in single precision; each 8 rows add
+ * their eight c_i·S_i in double. A block of 32 rows keeps row i0+8a+r in
+ * lane r of accumulator a; a step (one column pair, 16 bytes per 8 rows) is
+ * widened to 16-bit and multiplied by the pair (ξ_j, ξ_j+1) (vpmaddwd), two
+ * steps at a time (every partial sum is one of S_i's terms' partial sums, so
+ * within the same 31 bits). */
 __attribute__((target("avx2,fma"))) static double quad_i8(const int8_t *Q, const float *mult,
                                                           const int16_t *xi, const float *xs,
-                                                          int dp, int dp16, const float *aux,
-                                                          double rs[4])
+                                                          int dp, const float *aux, double rs[4])
 {
-    int G = dp / 8;
     const __m128i *h = (const __m128i *)(const void *)Q;
-    __m256d tot = _mm256_setzero_pd();
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    __m256 sc = _mm256_setzero_ps(), sq = sc, st1 = sc, st2 = sc;
-#define MADD(k) _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_load_si128(h + (k))), xv)
-    for (int g = 0; g < G; g++) {
-        __m256i r0 = _mm256_setzero_si256(), r1 = r0, r2 = r0, r3 = r0;
-        __m256i r4 = r0, r5 = r0, r6 = r0, r7 = r0;
-        for (int c = 16 * (g / 2); c < dp16; c += 16, h += 8) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(const void *)(xi + c));
-            r0 = _mm256_add_epi32(r0, MADD(0));
-            r1 = _mm256_add_epi32(r1, MADD(1));
-            r2 = _mm256_add_epi32(r2, MADD(2));
-            r3 = _mm256_add_epi32(r3, MADD(3));
-            r4 = _mm256_add_epi32(r4, MADD(4));
-            r5 = _mm256_add_epi32(r5, MADD(5));
-            r6 = _mm256_add_epi32(r6, MADD(6));
-            r7 = _mm256_add_epi32(r7, MADD(7));
+    struct qsums u = {.tot = _mm256_setzero_pd(), .sc = _mm256_setzero_ps()};
+    u.sq = u.st1 = u.st2 = u.sc;
+#define MADD(k, x) _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_load_si128(h + (k))), x)
+    for (int i0 = 0; i0 < dp; i0 += 32) {
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        /* columns i0..i0+15: rows i0..i0+15 only */
+        for (int j = i0; j < i0 + 16; j += 4, h += 4) {
+            __m256i xv = xpair(xi + j), xw = xpair(xi + j + 2);
+            a0 = _mm256_add_epi32(a0, _mm256_add_epi32(MADD(0, xv), MADD(2, xw)));
+            a1 = _mm256_add_epi32(a1, _mm256_add_epi32(MADD(1, xv), MADD(3, xw)));
         }
-        /* S = (Σ r0, ..., Σ r7): two rounds of pairwise sums, then the halves */
-        __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(r0, r1), _mm256_hadd_epi32(r2, r3));
-        __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(r4, r5), _mm256_hadd_epi32(r6, r7));
-        __m256i s = _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
-                                     _mm256_permute2x128_si256(a, b, 0x31));
-        __m256 xv = _mm256_loadu_ps(xs + 8 * g);
-        __m256 p =
-            _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(xv, _mm256_loadu_ps(mult + 8 * g)));
-        tot = _mm256_add_pd(tot, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(p)),
-                                               _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1))));
-        if (aux != NULL) { /* the sums of score_quant's rs, eight lanes */
-            __m256 xa = _mm256_and_ps(xv, absmask);
-            sc = _mm256_fmadd_ps(_mm256_loadu_ps(aux + dp + 8 * g), xa, sc);
-            sq = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(aux + 8 * g), xv), xv, sq);
-            st1 = _mm256_fmadd_ps(_mm256_loadu_ps(aux + 4 * dp + 8 * g), xa, st1);
-            st2 = _mm256_fmadd_ps(_mm256_loadu_ps(aux + 5 * dp + 8 * g), xa, st2);
+        for (int j = i0 + 16; j < dp; j += 4, h += 8) {
+            __m256i xv = xpair(xi + j), xw = xpair(xi + j + 2);
+            a0 = _mm256_add_epi32(a0, _mm256_add_epi32(MADD(0, xv), MADD(4, xw)));
+            a1 = _mm256_add_epi32(a1, _mm256_add_epi32(MADD(1, xv), MADD(5, xw)));
+            a2 = _mm256_add_epi32(a2, _mm256_add_epi32(MADD(2, xv), MADD(6, xw)));
+            a3 = _mm256_add_epi32(a3, _mm256_add_epi32(MADD(3, xv), MADD(7, xw)));
         }
+        fold_rows(&u, a0, i0, mult, xs, dp, aux);
+        fold_rows(&u, a1, i0 + 8, mult, xs, dp, aux);
+        fold_rows(&u, a2, i0 + 16, mult, xs, dp, aux);
+        fold_rows(&u, a3, i0 + 24, mult, xs, dp, aux);
     }
 #undef MADD
     if (aux != NULL)
-        lane_sums4(sc, sq, st1, st2, rs);
+        lane_sums4(u.sc, u.sq, u.st1, u.st2, rs);
     double v[4];
-    _mm256_storeu_pd(v, tot);
+    _mm256_storeu_pd(v, u.tot);
     return (v[0] + v[1]) + (v[2] + v[3]);
 }
 
@@ -746,38 +834,38 @@ __attribute__((target("avx2,fma"))) static double convert_x_avx2(float *xs, cons
 
 /* x as the quantized scores see it (one per decision, shared by the arms). */
 struct xquant {
-    const float *xs;   /* (float)x, zero-padded to dp16 */
+    const float *xs;   /* (float)x, zero-padded to dp */
     const int16_t *xi; /* ξ_j = round(xs_j/sx), |ξ_j| <= ximax (zero-padded) */
     double l2;         /* Σ xs_i² */
     double maxabs;     /* max |xs_i| */
     double sx;         /* the step: x̃_j = sx·ξ_j, |x̃_j − xs_j| <= 0.502·sx */
 };
 
-/* xi from xs (dp16 entries) with ximax = min(32767, 2^24/dp16 − 1), so that
- * every S_i of quad_i8 (<= 128·ximax·dp16 in magnitude) fits 31 bits. The
+/* xi from xs (dp entries) with ximax = min(32767, 2^24/dp − 1), so that
+ * every S_i of quad_i8 (<= 128·ximax·dp in magnitude) fits 31 bits. The
  * product xs·inv is rounded once in single precision (<= 32767·2^-24 < 0.002
  * off), then to the nearest integer: |ξ_j − xs_j/sx| <= 0.502 with
  * sx = 1/inv exactly. */
 __attribute__((target("avx2,fma"))) static void quantize_x_avx2(struct xquant *q, int16_t *xi,
-                                                                int dp16)
+                                                                int dp)
 {
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 mx = _mm256_setzero_ps();
-    for (int i = 0; i < dp16; i += 8)
+    for (int i = 0; i < dp; i += 8)
         mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(q->xs + i), absmask));
     float f[8];
     _mm256_storeu_ps(f, mx);
     float m = 0.0f;
     for (int k = 0; k < 8; k++)
         m = f[k] > m ? f[k] : m;
-    int ximax = 16777216 / dp16 - 1;
+    int ximax = 16777216 / dp - 1;
     if (ximax > 32767)
         ximax = 32767;
     float inv = m > 0.0f ? (float)ximax / m : 0.0f;
     q->maxabs = (double)m;
     q->sx = inv > 0.0f ? 1.0 / (double)inv : 0.0;
     const __m256 iv = _mm256_set1_ps(inv);
-    for (int i = 0; i < dp16; i += 16) {
+    for (int i = 0; i < dp; i += 16) {
         __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(q->xs + i), iv));
         __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(q->xs + i + 8), iv));
         /* packs interleaves the 128-bit lanes: put them back in order */
@@ -827,7 +915,8 @@ void linucb_score(const linucb *m, const double *x, double *mean, double *width)
  *   Q  = s·fl(xsᵀ·P·xs), P = fp32(A⁻¹)                  (linucb_score),
  * both on the same xs (so x's rounding to single precision does not count):
  * - storage: H̃ − H = E off the diagonal, so |xsᵀ·E·xs| <= enorm·l2 (enorm
- *   from the stored values, refresh_quant); hd and P are H and A⁻¹ rounded
+ *   from the row multipliers and the stored integers, refresh_quant); hd
+ *   and P are H and A⁻¹ rounded
  *   to single precision (<= 2^-24 relative each).
  * - x's quantization: |2·Σ_{i<j} H̃_ij·xs_i·(x̃_j − xs_j)| <= 1.004·sx·Σ_i
  *   |xs_i|·R_i = 1.004·sx·t (R_i = Σ_{j>i} |H̃_ij|, rounded up).
@@ -852,9 +941,9 @@ static void score_quant(const linucb *m, const double *x, const struct xquant *x
      * over the dp (zero-padded) entries, eight single-precision lanes each,
      * the lanes summed in double */
     double rs[4];
-    double k = quad_i8(m->Q1, m1, xq->xi, xq->xs, dp, m->dp16, m->aux, rs);
+    double k = quad_i8(m->Q1, m1, xq->xi, xq->xs, dp, m->aux, rs);
     if (fine)
-        k += quad_i8(m->Q2, m2, xq->xi, xq->xs, dp, m->dp16, NULL, NULL);
+        k += quad_i8(m->Q2, m2, xq->xi, xq->xs, dp, NULL, NULL);
     double q = (2.0 * xq->sx * k + rs[1]) * m->hinv;
     *width = sqrt(q > 0.0 ? q : 0.0);
     double sums = ((double)dp / 8.0 + (double)m->d / 16.0 + 12.0) * 0x1p-24 * rs[0] * rs[0];
@@ -876,7 +965,7 @@ static void approx_many(const linucb *const *ms, int n, const double *x, int fin
         /* x converted and quantized once, into the first model's scratch */
         struct xquant xq = {.xs = ms[0]->xs};
         xq.l2 = convert_x_avx2(ms[0]->xs, x, ms[0]->d);
-        quantize_x_avx2(&xq, ms[0]->xi, ms[0]->dp16);
+        quantize_x_avx2(&xq, ms[0]->xi, ms[0]->dp);
         for (int k = 0; k < n; k++) {
             assert(ms[k]->d == ms[0]->d);
             score_quant(ms[k], x, &xq, fine, &mean[k], &width[k], &qerr[k]);

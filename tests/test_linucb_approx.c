@@ -71,9 +71,12 @@ static void check_dim(int d, int updates, double lambda)
 
 START_TEST(approx_within_bound)
 {
+    check_dim(1, 5, 1.0); /* no off-diagonal entry at all */
     check_dim(8, 0, 1.0);
-    check_dim(13, 40, 1.0); /* d not a multiple of 8: padded rows */
-    check_dim(24, 60, 1.0); /* a multiple of 8, not of 16: padded columns */
+    check_dim(13, 40, 1.0);  /* d not a multiple of 8: padded rows */
+    check_dim(24, 60, 1.0);  /* a multiple of 8, not of 16: padded columns */
+    check_dim(40, 80, 1.0);  /* one whole block of 32 rows and a partial one */
+    check_dim(96, 150, 1.0); /* three whole blocks */
     check_dim(64, 200, 0.5);
     check_dim(256, 300, 1.0);
     check_dim(256, 20, 2.0);
